@@ -1,1 +1,12 @@
+//! Lampo's engine: turning a model's logits into text. Sampling, generation
+//! with streamed output, and perplexity evaluation. No HTTP here.
 
+pub mod generate;
+pub mod perplexity;
+pub mod sampling;
+
+pub use generate::{FinishReason, GenerateParams, Generation, Session};
+pub use perplexity::{PerplexityReport, perplexity};
+pub use sampling::{Sampler, SamplingParams};
+
+pub use lampo_model::ModelError;

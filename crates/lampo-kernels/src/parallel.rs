@@ -44,6 +44,28 @@ pub fn for_each_range(n: usize, align: usize, min_per_thread: usize, f: impl Fn(
     });
 }
 
+/// Splits `out` into `chunk`-long pieces and runs `f(index, piece)` on each,
+/// the pieces spread across threads in contiguous runs.
+pub fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let pieces = out.len() / chunk.max(1);
+    let threads = threads().min(pieces).max(1);
+    if threads == 1 {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        return;
+    }
+    let per = pieces.div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        for (t, run) in out.chunks_mut(per * chunk).enumerate() {
+            s.spawn(move || {
+                for (i, c) in run.chunks_mut(chunk).enumerate() {
+                    f(t * per + i, c);
+                }
+            });
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,295 @@
+//! Choosing the next token from logits: greedy, or temperature sampling
+//! after top-k, top-p and min-p filtering, with repetition, frequency and
+//! presence penalties and per-token logit bias. Seeded for reproducibility.
+
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `top_p` (1: all).
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely (0: none).
+    pub min_p: f32,
+    /// Divides positive (multiplies negative) logits of recent tokens (1: off).
+    pub repetition_penalty: f32,
+    /// Subtracted once per earlier occurrence of a token.
+    pub frequency_penalty: f32,
+    /// Subtracted once from any token seen before.
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    pub penalty_last_n: usize,
+    /// Added to the logits of the given tokens.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Same seed, same output. `None` seeds from the clock.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            logit_bias: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+}
+
+/// xoshiro256** seeded through splitmix64: small, fast and reproducible
+/// across platforms.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    recent: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let seed = params.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        });
+        Sampler { params, rng: Rng::new(seed), recent: Vec::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a token of the context (prompt or output) for the penalties.
+    pub fn accept(&mut self, token: u32) {
+        self.recent.push(token);
+        let keep = self.params.penalty_last_n;
+        if self.recent.len() > keep * 2 + 64 {
+            self.recent.drain(..self.recent.len() - keep);
+        }
+    }
+
+    /// Picks the next token. `logits` is modified (bias and penalties).
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        let p = &self.params;
+        for &(tok, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(tok as usize) {
+                *l += bias;
+            }
+        }
+        self.apply_penalties(logits);
+        if p.temperature <= 0.0 {
+            return argmax(logits);
+        }
+
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        if cand.is_empty() {
+            return argmax(logits);
+        }
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit);
+            cand.truncate(p.top_k);
+        }
+        cand.sort_unstable_by(by_logit);
+
+        // Probabilities at the given temperature, most likely first.
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand.iter().map(|c| (((c.1 - max) / p.temperature) as f64).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+
+        let mut keep = probs.len();
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            for (i, q) in probs.iter().enumerate() {
+                cum += q;
+                if cum >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p as f64;
+            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+        }
+        let probs = &probs[..keep];
+        let total: f64 = probs.iter().sum();
+        let mut r = self.rng.next_f64() * total;
+        for (i, q) in probs.iter().enumerate() {
+            r -= q;
+            if r < 0.0 {
+                return cand[i].0;
+            }
+        }
+        cand[keep - 1].0
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
+            return;
+        }
+        let window = &self.recent[self.recent.len().saturating_sub(p.penalty_last_n)..];
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for &t in window {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (&t, &n) in &counts {
+            let Some(l) = logits.get_mut(t as usize) else { continue };
+            if p.repetition_penalty != 1.0 {
+                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            }
+            *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+    }
+}
+
+/// Index of the largest logit; the lowest index wins ties.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams { seed: Some(7), top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        f(&mut p);
+        p
+    }
+
+    fn draw(p: &SamplingParams, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut s = Sampler::new(p.clone());
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[s.sample(&mut logits.to_vec()) as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn greedy_picks_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_different_seed_differs() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).sin()).collect();
+        let a = params(|p| p.temperature = 1.0);
+        let run = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..40).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(run(&a), run(&a));
+        assert_ne!(run(&a), run(&params(|p| {
+            p.temperature = 1.0;
+            p.seed = Some(8)
+        })));
+    }
+
+    #[test]
+    fn sampling_follows_the_softmax() {
+        // p = softmax([ln 1, ln 2, ln 7]) = [0.1, 0.2, 0.7]
+        let logits = [0f32, 2f32.ln(), 7f32.ln()];
+        let counts = draw(&params(|p| p.temperature = 1.0), &logits, 20_000);
+        for (c, want) in counts.iter().zip([0.1, 0.2, 0.7]) {
+            let got = *c as f64 / 20_000.0;
+            assert!((got - want).abs() < 0.015, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn filters_cut_the_tail() {
+        let logits = [0f32, 2f32.ln(), 7f32.ln()];
+        let k1 = draw(&params(|p| { p.temperature = 1.0; p.top_k = 1 }), &logits, 200);
+        assert_eq!(k1, vec![0, 0, 200]);
+        let top_p = draw(&params(|p| { p.temperature = 1.0; p.top_p = 0.85 }), &logits, 2000);
+        assert_eq!(top_p[0], 0, "0.7 + 0.2 reaches 0.85, so the 0.1 token is cut: {top_p:?}");
+        assert!(top_p[1] > 0);
+        let min_p = draw(&params(|p| { p.temperature = 1.0; p.min_p = 0.2 }), &logits, 2000);
+        assert_eq!(min_p[0], 0, "0.1 < 0.2 * 0.7: {min_p:?}");
+        assert!(min_p[1] > 0, "0.2 >= 0.14: {min_p:?}");
+    }
+
+    #[test]
+    fn penalties_and_bias() {
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 2.0));
+        s.accept(0);
+        s.accept(1);
+        let mut l = [4.0f32, -1.0, 3.0];
+        assert_eq!(s.sample(&mut l), 2, "token 0 penalized from 4 to 2");
+        assert_eq!(l[..2], [2.0, -2.0]);
+
+        let mut s = Sampler::new(params(|p| { p.frequency_penalty = 1.0; p.presence_penalty = 0.5 }));
+        for t in [0, 0, 0, 1] {
+            s.accept(t);
+        }
+        let mut l = [10.0f32, 10.0, 7.0];
+        s.sample(&mut l);
+        assert_eq!(l, [6.5, 8.5, 7.0]);
+
+        let mut s = Sampler::new(params(|p| p.logit_bias = vec![(0, -100.0), (2, 5.0)]));
+        assert_eq!(s.sample(&mut [3.0, 1.0, -1.0]), 2);
+    }
+}

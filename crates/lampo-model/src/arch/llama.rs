@@ -1,0 +1,13 @@
+//! Llama and its look-alikes (SmolLM2, Llama 2/3, Mistral).
+
+use lampo_kernels::ops::RopeStyle;
+
+use super::{Activation, ArchSpec};
+use crate::gguf::Gguf;
+use crate::ModelError;
+
+pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
+    // llama.cpp's converter permutes Q and K rows so that rotary pairs are
+    // adjacent dimensions.
+    Ok(ArchSpec { rope_style: RopeStyle::Adjacent, qkv_bias: false, activation: Activation::Silu })
+}

@@ -1,0 +1,11 @@
+//! Qwen2 and Qwen2.5: Llama with biases on Q, K and V and NeoX-style rotary pairs.
+
+use lampo_kernels::ops::RopeStyle;
+
+use super::{Activation, ArchSpec};
+use crate::gguf::Gguf;
+use crate::ModelError;
+
+pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
+    Ok(ArchSpec { rope_style: RopeStyle::Halves, qkv_bias: true, activation: Activation::Silu })
+}

@@ -1,0 +1,318 @@
+//! The decoder-only transformer forward pass, shared by every family in
+//! [`crate::arch`]: pre-norm attention with grouped-query heads and rotary
+//! positions, then a gated MLP.
+
+use std::path::Path;
+
+use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, silu, softmax};
+use lampo_kernels::parallel::for_each_chunk_mut;
+use lampo_kernels::quant::dequantize_row;
+use lampo_kernels::{DType, WeightRef, matmul};
+
+use crate::ModelError;
+use crate::arch::Activation;
+use crate::config::Config;
+use crate::gguf::{GgufFile, TensorInfo};
+
+/// A weight matrix inside the mapped file.
+#[derive(Clone, Debug)]
+struct Weight {
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    offset: usize,
+    size: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+/// A loaded model: hyperparameters plus weights that stay in the file mapping.
+pub struct Model {
+    pub config: Config,
+    file: GgufFile,
+    token_embd: Weight,
+    output_norm: Vec<f32>,
+    /// Separate output matrix, or the token embedding when tied.
+    output: Weight,
+    layers: Vec<Layer>,
+    rope: Rope,
+}
+
+/// The keys and values of one sequence's past positions, per layer.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// A cache for up to `capacity` positions; memory grows as it fills.
+    pub fn new(config: &Config, capacity: usize) -> KvCache {
+        KvCache {
+            k: vec![Vec::new(); config.n_layer],
+            v: vec![Vec::new(); config.n_layer],
+            kv_dim: config.kv_dim(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.truncate(self.len * self.kv_dim);
+        }
+    }
+}
+
+/// Which positions of a forward pass need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (perplexity, teacher forcing, speculative verification).
+    All,
+}
+
+impl Model {
+    /// Maps a GGUF file and checks that it holds a complete model of a supported family.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let file = GgufFile::open(path)?;
+        Model::from_file(file)
+    }
+
+    pub fn from_file(file: GgufFile) -> Result<Model, ModelError> {
+        let config = Config::from_gguf(&file.gguf)?;
+        let c = &config;
+        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let token_embd = weight(&file, "token_embd.weight", d, c.n_vocab)?;
+        let output = match file.gguf.tensor("output.weight") {
+            Some(_) => weight(&file, "output.weight", d, c.n_vocab)?,
+            None => token_embd.clone(),
+        };
+        let output_norm = vector(&file, "output_norm.weight", d)?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let name = |t: &str| format!("blk.{i}.{t}");
+            let qkv_bias = if c.spec.qkv_bias {
+                Some([
+                    vector(&file, &name("attn_q.bias"), q)?,
+                    vector(&file, &name("attn_k.bias"), kv)?,
+                    vector(&file, &name("attn_v.bias"), kv)?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: vector(&file, &name("attn_norm.weight"), d)?,
+                wq: weight(&file, &name("attn_q.weight"), d, q)?,
+                wk: weight(&file, &name("attn_k.weight"), d, kv)?,
+                wv: weight(&file, &name("attn_v.weight"), d, kv)?,
+                qkv_bias,
+                wo: weight(&file, &name("attn_output.weight"), q, d)?,
+                ffn_norm: vector(&file, &name("ffn_norm.weight"), d)?,
+                w_gate: weight(&file, &name("ffn_gate.weight"), d, ff)?,
+                w_up: weight(&file, &name("ffn_up.weight"), d, ff)?,
+                w_down: weight(&file, &name("ffn_down.weight"), ff, d)?,
+            });
+        }
+        let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
+        Ok(Model { config, file, token_embd, output_norm, output, layers, rope })
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn w(&self, w: &Weight) -> WeightRef<'_> {
+        let data = &self.file.data_slice(w.offset, w.size);
+        WeightRef { dtype: w.dtype, rows: w.rows, cols: w.cols, data }
+    }
+
+    /// Bytes of weights one decode step reads (every matrix once).
+    pub fn weight_bytes(&self) -> usize {
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|w| w.size).sum::<usize>())
+            .sum();
+        per_layer + self.output.size
+    }
+
+    /// Runs `tokens` at the positions after those already in `kv`, appends
+    /// their keys and values to it, and returns logits (`n_vocab` per
+    /// position asked for by `logits`).
+    pub fn forward(&self, tokens: &[u32], kv: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if kv.len + n > kv.capacity {
+            return Err(ModelError::ContextFull { needed: kv.len + n, capacity: kv.capacity });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(ModelError::BadToken { token: bad, n_vocab: c.n_vocab });
+        }
+        let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
+        let past = kv.len;
+
+        let mut x = vec![0f32; n * d];
+        let embd = self.w(&self.token_embd);
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            embd.dequantize_row_into(t as usize, row);
+        }
+
+        let mut h = vec![0f32; n * d];
+        let mut q = vec![0f32; n * qd];
+        let mut k = vec![0f32; n * kvd];
+        let mut v = vec![0f32; n * kvd];
+        let mut attn = vec![0f32; n * qd];
+        let mut proj = vec![0f32; n * d];
+        let mut gate = vec![0f32; n * c.n_ff];
+        let mut up = vec![0f32; n * c.n_ff];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
+            }
+            matmul(&self.w(&layer.wq), &h, &mut q);
+            matmul(&self.w(&layer.wk), &h, &mut k);
+            matmul(&self.w(&layer.wv), &h, &mut v);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_rows(&mut q, bq);
+                add_rows(&mut k, bk);
+                add_rows(&mut v, bv);
+            }
+            for i in 0..n {
+                self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
+                self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
+            }
+            kv.k[li].extend_from_slice(&k);
+            kv.v[li].extend_from_slice(&v);
+            self.attention(&q, &kv.k[li], &kv.v[li], past, &mut attn);
+
+            matmul(&self.w(&layer.wo), &attn, &mut proj);
+            add_assign(&mut x, &proj);
+
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                rms_norm(xr, &layer.ffn_norm, c.rms_eps, hr);
+            }
+            matmul(&self.w(&layer.w_gate), &h, &mut gate);
+            matmul(&self.w(&layer.w_up), &h, &mut up);
+            let act: fn(f32) -> f32 = match c.spec.activation {
+                Activation::Silu => silu,
+                Activation::GeluTanh => gelu_tanh,
+            };
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = act(*g) * u;
+            }
+            matmul(&self.w(&layer.w_down), &gate, &mut proj);
+            add_assign(&mut x, &proj);
+        }
+        kv.len = past + n;
+
+        let rows = match logits {
+            Logits::Last => &x[(n - 1) * d..],
+            Logits::All => &x[..],
+        };
+        let mut normed = vec![0f32; rows.len()];
+        for (xr, hr) in rows.chunks_exact(d).zip(normed.chunks_exact_mut(d)) {
+            rms_norm(xr, &self.output_norm, c.rms_eps, hr);
+        }
+        let mut out = vec![0f32; rows.len() / d * c.n_vocab];
+        matmul(&self.w(&self.output), &normed, &mut out);
+        Ok(out)
+    }
+
+    /// Causal attention of the `n` new queries over all `past + n` positions.
+    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], past: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (hd, kvd, n_head) = (c.head_dim, c.kv_dim(), c.n_head);
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // One piece of `out` per (token, head): threads share the work evenly.
+        for_each_chunk_mut(out, hd, |idx, o| {
+            let (i, head) = (idx / n_head, idx % n_head);
+            let kv_off = (head / group) * hd;
+            let qv = &q[i * n_head * hd + head * hd..][..hd];
+            let seen = past + i + 1;
+            let mut scores: Vec<f32> = (0..seen)
+                .map(|p| lampo_kernels::simd::dot_f32(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
+                .collect();
+            softmax(&mut scores);
+            o.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                for (acc, &val) in o.iter_mut().zip(&values[p * kvd + kv_off..][..hd]) {
+                    *acc += w * val;
+                }
+            }
+        });
+    }
+}
+
+fn add_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_assign(row, bias);
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
+    file.gguf.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+}
+
+fn check_shape(t: &TensorInfo, want: &[u64]) -> Result<(), ModelError> {
+    if t.shape != want {
+        return Err(ModelError::WrongShape { name: t.name.clone(), expected: want.to_vec(), found: t.shape.clone() });
+    }
+    Ok(())
+}
+
+/// A matrix with rows of `cols` values (GGML shape `[cols, rows]`).
+fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weight, ModelError> {
+    let t = tensor(file, name)?;
+    check_shape(t, &[cols as u64, rows as u64])?;
+    Ok(Weight { dtype: t.dtype, rows, cols, offset: t.offset, size: t.size })
+}
+
+/// A vector (norm gain or bias), dequantized to f32 since it is small.
+fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = tensor(file, name)?;
+    check_shape(t, &[len as u64])?;
+    let mut out = vec![0f32; len];
+    dequantize_row(t.dtype, file.data(t), &mut out);
+    Ok(out)
+}

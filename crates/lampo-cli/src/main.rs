@@ -13,7 +13,11 @@ use lampo_engine::{GenerateParams, SamplingParams, Session, perplexity};
 use lampo_model::{Gguf, LoadedModel, Message};
 
 #[derive(Parser)]
-#[command(name = "lampo", version, about = "Low-latency LLM inference on the hardware you have")]
+#[command(
+    name = "lampo",
+    version,
+    about = "Low-latency LLM inference on the hardware you have"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,6 +62,10 @@ struct ModelArgs {
     /// Threads for the kernels (default: one per core)
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// Quantize activations to 8 bits for integer dot products, as llama.cpp
+    /// does (its numerics; f32 activations are the more accurate default)
+    #[arg(long)]
+    q8_activations: bool,
 }
 
 #[derive(Args)]
@@ -93,7 +101,10 @@ struct SamplingArgs {
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     let (t, b) = s.split_once('=').ok_or("expected TOKEN_ID=BIAS")?;
-    Ok((t.trim().parse().map_err(|e| format!("token id: {e}"))?, b.trim().parse().map_err(|e| format!("bias: {e}"))?))
+    Ok((
+        t.trim().parse().map_err(|e| format!("token id: {e}"))?,
+        b.trim().parse().map_err(|e| format!("bias: {e}"))?,
+    ))
 }
 
 impl SamplingArgs {
@@ -178,9 +189,12 @@ fn main() -> ExitCode {
         Command::Chat(a) => cmd_chat(a),
         Command::Info { model, tensors } => cmd_info(model, tensors),
         Command::Perplexity(a) => cmd_perplexity(a),
-        Command::Tokenize { model, prompt, add_special, parse_special } => {
-            cmd_tokenize(model, &prompt, add_special, parse_special)
-        }
+        Command::Tokenize {
+            model,
+            prompt,
+            add_special,
+            parse_special,
+        } => cmd_tokenize(model, &prompt, add_special, parse_special),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,15 +208,23 @@ fn main() -> ExitCode {
 fn load(args: &ModelArgs) -> Result<LoadedModel> {
     lampo_kernels::parallel::set_threads(args.threads);
     let path = models::resolve(args.model.as_deref())?;
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
+    let spinner =
+        indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
     let lm = LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()));
     spinner.finish_and_clear();
-    lm
+    let mut lm = lm?;
+    if args.q8_activations {
+        lm.model.set_activations(lampo_kernels::Activations::Q8);
+    }
+    Ok(lm)
 }
 
 fn chat_prompt(lm: &LoadedModel, messages: &[Message]) -> Result<Vec<u32>> {
-    let template = lm.chat_template.as_ref().context("this model has no chat template; run without --chat")?;
+    let template = lm
+        .chat_template
+        .as_ref()
+        .context("this model has no chat template; run without --chat")?;
     let text = template.render(messages, true, None)?;
     Ok(lm.tokenizer.encode(&text, false, true)?)
 }
@@ -223,11 +245,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let mut session = Session::new(&lm, a.sampling.ctx);
     let mut stdout = std::io::stdout().lock();
     let mut write_failed = None;
-    let g = session.generate(&prompt, &params, |text| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
-        Ok(()) => true,
-        Err(e) => {
-            write_failed = Some(e);
-            false
+    let g = session.generate(&prompt, &params, |text| {
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_failed = Some(e);
+                false
+            }
         }
     })?;
     if let Some(e) = write_failed {
@@ -266,7 +293,10 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("Chatting with {}. Type /reset to start over, /exit or Ctrl-D to leave.", lm.model.config.name.as_deref().unwrap_or("the model"));
+        eprintln!(
+            "Chatting with {}. Type /reset to start over, /exit or Ctrl-D to leave.",
+            lm.model.config.name.as_deref().unwrap_or("the model")
+        );
     }
     let mut session = Session::new(&lm, a.sampling.ctx);
     let stdin = std::io::stdin();
@@ -292,7 +322,10 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         let mut stdout = std::io::stdout().lock();
         let result = session.generate(&prompt, &params, |text| {
             reply.push_str(text);
-            stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
         });
         writeln!(stdout).ok();
         match result {
@@ -310,13 +343,27 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
 
 fn cmd_info(model: Option<String>, list_tensors: bool) -> Result<()> {
     let path = models::resolve(model.as_deref())?;
-    let file = lampo_model::GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = lampo_model::GgufFile::open(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let g: &Gguf = &file.gguf;
-    println!("file: {} ({:.1} MB, GGUF v{})", path.display(), file.file_size() as f64 / 1e6, g.version);
+    println!(
+        "file: {} ({:.1} MB, GGUF v{})",
+        path.display(),
+        file.file_size() as f64 / 1e6,
+        g.version
+    );
     println!("metadata ({} keys):", g.metadata.len());
     for (k, v) in &g.metadata {
         let shown = v.to_string();
-        let shown = if shown.chars().count() > 100 { format!("{}… ({} chars)", shown.chars().take(100).collect::<String>(), shown.len()) } else { shown };
+        let shown = if shown.chars().count() > 100 {
+            format!(
+                "{}… ({} chars)",
+                shown.chars().take(100).collect::<String>(),
+                shown.len()
+            )
+        } else {
+            shown
+        };
         println!("  {k} = {}", shown.replace('\n', "\\n"));
     }
     let mut by_type: std::collections::BTreeMap<&str, (usize, u64, usize)> = Default::default();
@@ -327,9 +374,17 @@ fn cmd_info(model: Option<String>, list_tensors: bool) -> Result<()> {
         e.2 += t.size;
     }
     let total: u64 = g.tensors.iter().map(|t| t.elements()).sum();
-    println!("tensors: {} holding {:.1} M parameters", g.tensors.len(), total as f64 / 1e6);
+    println!(
+        "tensors: {} holding {:.1} M parameters",
+        g.tensors.len(),
+        total as f64 / 1e6
+    );
     for (ty, (n, el, bytes)) in by_type {
-        println!("  {ty:5} {n:4} tensors {:8.1} M params {:8.1} MB", el as f64 / 1e6, bytes as f64 / 1e6);
+        println!(
+            "  {ty:5} {n:4} tensors {:8.1} M params {:8.1} MB",
+            el as f64 / 1e6,
+            bytes as f64 / 1e6
+        );
     }
     if list_tensors {
         for t in &g.tensors {
@@ -339,7 +394,16 @@ fn cmd_info(model: Option<String>, list_tensors: bool) -> Result<()> {
     match lampo_model::Config::from_gguf(g) {
         Ok(c) => println!(
             "model: {} layers, width {}, ffn {}, {} heads ({} kv) of {}, vocab {}, context {}, rope base {}, rms eps {}",
-            c.n_layer, c.n_embd, c.n_ff, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab, c.n_ctx_train, c.rope_base, c.rms_eps
+            c.n_layer,
+            c.n_embd,
+            c.n_ff,
+            c.n_head,
+            c.n_head_kv,
+            c.head_dim,
+            c.n_vocab,
+            c.n_ctx_train,
+            c.rope_base,
+            c.rms_eps
         ),
         Err(e) => println!("model: cannot run: {e}"),
     }
@@ -348,26 +412,46 @@ fn cmd_info(model: Option<String>, list_tensors: bool) -> Result<()> {
 
 fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let lm = load(&a.model)?;
-    let mut text = std::fs::read_to_string(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let mut text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
     // llama.cpp drops one trailing newline from prompt files; do the same so token counts agree.
     if text.ends_with('\n') {
         text.pop();
     }
     let start = Instant::now();
     let mut tokens = lm.tokenizer.encode(&text, true, false)?;
-    let bos = if lm.tokenizer.add_bos { lm.tokenizer.bos } else { None };
+    let bos = if lm.tokenizer.add_bos {
+        lm.tokenizer.bos
+    } else {
+        None
+    };
     if let Some(max) = a.chunks {
         tokens.truncate(max * a.ctx);
     }
-    eprintln!("{} tokens, {} chunks of {}", tokens.len(), tokens.len() / a.ctx.max(1), a.ctx);
+    eprintln!(
+        "{} tokens, {} chunks of {}",
+        tokens.len(),
+        tokens.len() / a.ctx.max(1),
+        a.ctx
+    );
     let bar = indicatif::ProgressBar::new((tokens.len() / a.ctx.max(1)) as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} chunks, ppl {msg} [{elapsed}<{eta}]").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} chunks, ppl {msg} [{elapsed}<{eta}]",
+        )
+        .expect("valid template"),
+    );
     let report = perplexity(&lm.model, &tokens, a.ctx, bos, |_, _, ppl| {
         bar.inc(1);
         bar.set_message(format!("{ppl:.4}"));
     })?;
     bar.finish_and_clear();
-    let running: Vec<String> = report.running.iter().enumerate().map(|(i, p)| format!("[{}]{:.4}", i + 1, p)).collect();
+    let running: Vec<String> = report
+        .running
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[{}]{:.4}", i + 1, p))
+        .collect();
     println!("{}", running.join(","));
     println!(
         "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {} tokens, {:.1} s)",
@@ -380,9 +464,15 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_tokenize(model: ModelArgs, text: &str, add_special: bool, parse_special: bool) -> Result<()> {
+fn cmd_tokenize(
+    model: ModelArgs,
+    text: &str,
+    add_special: bool,
+    parse_special: bool,
+) -> Result<()> {
     let path = models::resolve(model.model.as_deref())?;
-    let file = lampo_model::GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = lampo_model::GgufFile::open(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let tok = lampo_model::Tokenizer::from_gguf(&file.gguf)?;
     let ids = tok.encode(text, add_special, parse_special)?;
     for id in ids {

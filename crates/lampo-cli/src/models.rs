@@ -38,7 +38,10 @@ pub fn resolve(arg: Option<&str>) -> Result<PathBuf> {
     }
     let Some(&(_, file)) = KNOWN.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = KNOWN.iter().map(|(n, _)| *n).collect();
-        bail!("no model file '{name}' (give a path to a .gguf file or one of: {})", names.join(", "));
+        bail!(
+            "no model file '{name}' (give a path to a .gguf file or one of: {})",
+            names.join(", ")
+        );
     };
     for dir in model_dirs() {
         let p = dir.join(file);

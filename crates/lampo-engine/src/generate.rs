@@ -45,7 +45,11 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// A session with room for `n_ctx` positions.
     pub fn new(lm: &'m LoadedModel, n_ctx: usize) -> Session<'m> {
-        Session { lm, kv: KvCache::new(&lm.model.config, n_ctx), cached: Vec::new() }
+        Session {
+            lm,
+            kv: KvCache::new(&lm.model.config, n_ctx),
+            cached: Vec::new(),
+        }
     }
 
     pub fn context_size(&self) -> usize {
@@ -66,11 +70,20 @@ impl<'m> Session<'m> {
             return Err(ModelError::Config("the prompt is empty".into()));
         }
         if prompt.len() >= self.kv.capacity() {
-            return Err(ModelError::ContextFull { needed: prompt.len() + 1, capacity: self.kv.capacity() });
+            return Err(ModelError::ContextFull {
+                needed: prompt.len() + 1,
+                capacity: self.kv.capacity(),
+            });
         }
         // Reuse the common prefix, but always evaluate at least the last prompt
         // token: its logits choose the first new token.
-        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         self.kv.truncate(common);
         self.cached.truncate(common);
 
@@ -80,7 +93,10 @@ impl<'m> Session<'m> {
         }
 
         let start = Instant::now();
-        let mut logits = self.lm.model.forward(&prompt[common..], &mut self.kv, Logits::Last)?;
+        let mut logits = self
+            .lm
+            .model
+            .forward(&prompt[common..], &mut self.kv, Logits::Last)?;
         self.cached.extend_from_slice(&prompt[common..]);
         let prefill_time = start.elapsed();
 

@@ -28,7 +28,9 @@ pub fn perplexity(
     mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityReport, ModelError> {
     if n_ctx < 4 {
-        return Err(ModelError::Config(format!("a context of {n_ctx} tokens is too small for perplexity")));
+        return Err(ModelError::Config(format!(
+            "a context of {n_ctx} tokens is too small for perplexity"
+        )));
     }
     if tokens.len() < 2 * n_ctx {
         return Err(ModelError::Config(format!(
@@ -67,6 +69,17 @@ pub fn perplexity(
     let mean = nll / count as f64;
     let var = nll2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let ppl_stderr = if var > 0.0 { ppl * (var / (count as f64 - 1.0)).sqrt() } else { 0.0 };
-    Ok(PerplexityReport { tokens: tokens.len(), chunks, n_ctx, running, ppl, ppl_stderr })
+    let ppl_stderr = if var > 0.0 {
+        ppl * (var / (count as f64 - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Ok(PerplexityReport {
+        tokens: tokens.len(),
+        chunks,
+        n_ctx,
+        running,
+        ppl,
+        ppl_stderr,
+    })
 }

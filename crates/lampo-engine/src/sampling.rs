@@ -47,7 +47,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -97,9 +100,15 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         });
-        Sampler { params, rng: Rng::new(seed), recent: Vec::new() }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            recent: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -146,7 +155,10 @@ impl Sampler {
 
         // Probabilities at the given temperature, most likely first.
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|c| (((c.1 - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|c| (((c.1 - max) / p.temperature) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
 
@@ -188,9 +200,15 @@ impl Sampler {
             *counts.entry(t).or_default() += 1;
         }
         for (&t, &n) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else { continue };
+            let Some(l) = logits.get_mut(t as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
             }
             *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
         }
@@ -213,7 +231,13 @@ mod tests {
     use super::*;
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-        let mut p = SamplingParams { seed: Some(7), top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let mut p = SamplingParams {
+            seed: Some(7),
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         f(&mut p);
         p
     }
@@ -239,13 +263,18 @@ mod tests {
         let a = params(|p| p.temperature = 1.0);
         let run = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
-            (0..40).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(&a), run(&a));
-        assert_ne!(run(&a), run(&params(|p| {
-            p.temperature = 1.0;
-            p.seed = Some(8)
-        })));
+        assert_ne!(
+            run(&a),
+            run(&params(|p| {
+                p.temperature = 1.0;
+                p.seed = Some(8)
+            }))
+        );
     }
 
     #[test]
@@ -262,12 +291,36 @@ mod tests {
     #[test]
     fn filters_cut_the_tail() {
         let logits = [0f32, 2f32.ln(), 7f32.ln()];
-        let k1 = draw(&params(|p| { p.temperature = 1.0; p.top_k = 1 }), &logits, 200);
+        let k1 = draw(
+            &params(|p| {
+                p.temperature = 1.0;
+                p.top_k = 1
+            }),
+            &logits,
+            200,
+        );
         assert_eq!(k1, vec![0, 0, 200]);
-        let top_p = draw(&params(|p| { p.temperature = 1.0; p.top_p = 0.85 }), &logits, 2000);
-        assert_eq!(top_p[0], 0, "0.7 + 0.2 reaches 0.85, so the 0.1 token is cut: {top_p:?}");
+        let top_p = draw(
+            &params(|p| {
+                p.temperature = 1.0;
+                p.top_p = 0.85
+            }),
+            &logits,
+            2000,
+        );
+        assert_eq!(
+            top_p[0], 0,
+            "0.7 + 0.2 reaches 0.85, so the 0.1 token is cut: {top_p:?}"
+        );
         assert!(top_p[1] > 0);
-        let min_p = draw(&params(|p| { p.temperature = 1.0; p.min_p = 0.2 }), &logits, 2000);
+        let min_p = draw(
+            &params(|p| {
+                p.temperature = 1.0;
+                p.min_p = 0.2
+            }),
+            &logits,
+            2000,
+        );
         assert_eq!(min_p[0], 0, "0.1 < 0.2 * 0.7: {min_p:?}");
         assert!(min_p[1] > 0, "0.2 >= 0.14: {min_p:?}");
     }
@@ -281,7 +334,10 @@ mod tests {
         assert_eq!(s.sample(&mut l), 2, "token 0 penalized from 4 to 2");
         assert_eq!(l[..2], [2.0, -2.0]);
 
-        let mut s = Sampler::new(params(|p| { p.frequency_penalty = 1.0; p.presence_penalty = 0.5 }));
+        let mut s = Sampler::new(params(|p| {
+            p.frequency_penalty = 1.0;
+            p.presence_penalty = 0.5
+        }));
         for t in [0, 0, 0, 1] {
             s.accept(t);
         }

@@ -5,8 +5,9 @@
 pub mod matmul;
 pub mod ops;
 pub mod parallel;
+pub mod qdot;
 pub mod quant;
 pub mod simd;
 
-pub use matmul::{WeightRef, matmul};
+pub use matmul::{Activations, WeightRef, matmul};
 pub use quant::DType;

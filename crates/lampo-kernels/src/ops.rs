@@ -1,32 +1,37 @@
 //! Elementwise and row-wise transformer ops on f32.
 
+/// The scale that gives `x` unit root-mean-square. The sum is taken in f64,
+/// as GGML does, so results agree with the reference to the last bits.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let ms = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
 /// `out = x / rms(x) * w`, with `eps` added to the mean square.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (ms + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * scale * g;
+        *o = (v * scale) * g;
     }
 }
 
 /// `rms_norm` in place, for per-head norms.
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (ms + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for (v, &g) in x.iter_mut().zip(w) {
         *v *= scale * g;
     }
 }
 
-/// Softmax in place; numerically stable.
+/// Softmax in place; numerically stable, the sum taken in f64.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += *v;
+        sum += *v as f64;
     }
-    let inv = 1.0 / sum;
+    let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -51,26 +56,39 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// Precomputed inverse frequencies of a rotary embedding.
+/// A rotary embedding: pair `i` of each head turns by `pos * scale^i`.
 #[derive(Clone, Debug)]
 pub struct Rope {
     pub style: RopeStyle,
-    inv_freq: Vec<f32>,
+    /// Rotated pairs per head.
+    pairs: usize,
+    /// `base^(-2/dims)`: each pair turns slower than the one before by this factor.
+    scale: f32,
 }
 
 impl Rope {
     /// `dims` rotated dimensions per head, frequency base `base`.
     pub fn new(style: RopeStyle, dims: usize, base: f32) -> Rope {
-        let inv_freq = (0..dims / 2).map(|i| base.powf(-2.0 * i as f32 / dims as f32)).collect();
-        Rope { style, inv_freq }
+        Rope {
+            style,
+            pairs: dims / 2,
+            scale: base.powf(-2.0 / dims as f32),
+        }
     }
 
     /// Rotates every head of `x` (`heads × head_dim`) for position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
-        let half = self.inv_freq.len();
+        let half = self.pairs;
+        // Angles by repeated multiplication, as GGML computes them, so that
+        // rounding agrees with the reference.
+        let mut angles = Vec::with_capacity(half);
+        let mut theta = pos as f32;
+        for _ in 0..half {
+            angles.push(theta.sin_cos());
+            theta *= self.scale;
+        }
         for head in x.chunks_exact_mut(head_dim) {
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let (sin, cos) = (pos as f32 * f).sin_cos();
+            for (i, &(sin, cos)) in angles.iter().enumerate() {
                 let (a, b) = match self.style {
                     RopeStyle::Adjacent => (2 * i, 2 * i + 1),
                     RopeStyle::Halves => (i, i + half),
@@ -105,20 +123,43 @@ mod tests {
 
     #[test]
     fn rope_styles_pair_the_right_dimensions() {
-        // Position 0 is the identity; a quarter turn at inv_freq 1 swaps a pair.
+        // With scale 0 only pair 0 turns, by `pos` radians.
+        let at_pos_1 = |style| {
+            let mut x = [1.0f32, 2.0, 3.0, 4.0];
+            Rope {
+                style,
+                pairs: 2,
+                scale: 0.0,
+            }
+            .apply(&mut x, 4, 1);
+            x
+        };
+        let (s, c) = 1f32.sin_cos();
+        let x = at_pos_1(RopeStyle::Adjacent);
+        assert!(
+            (x[0] - (c - 2.0 * s)).abs() < 1e-6 && (x[1] - (s + 2.0 * c)).abs() < 1e-6,
+            "{x:?}"
+        );
+        assert_eq!((x[2], x[3]), (3.0, 4.0));
+        let x = at_pos_1(RopeStyle::Halves);
+        assert!(
+            (x[0] - (c - 3.0 * s)).abs() < 1e-6 && (x[2] - (s + 3.0 * c)).abs() < 1e-6,
+            "{x:?}"
+        );
+        assert_eq!((x[1], x[3]), (2.0, 4.0));
+
         let rope = Rope::new(RopeStyle::Adjacent, 4, 10000.0);
         let mut x = [1.0f32, 2.0, 3.0, 4.0];
         rope.apply(&mut x, 4, 0);
-        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
-        let pos = std::f32::consts::FRAC_PI_2; // inv_freq[0] = 1, so angle = pos
-        let rope_adj = Rope { style: RopeStyle::Adjacent, inv_freq: vec![pos, 0.0] };
-        let mut x = [1.0f32, 2.0, 3.0, 4.0];
-        rope_adj.apply(&mut x, 4, 1);
-        assert!((x[0] + 2.0).abs() < 1e-6 && (x[1] - 1.0).abs() < 1e-6 && x[2] == 3.0 && x[3] == 4.0);
-        let rope_half = Rope { style: RopeStyle::Halves, inv_freq: vec![pos, 0.0] };
-        let mut x = [1.0f32, 2.0, 3.0, 4.0];
-        rope_half.apply(&mut x, 4, 1);
-        assert!((x[0] + 3.0).abs() < 1e-6 && (x[2] - 1.0).abs() < 1e-6 && x[1] == 2.0 && x[3] == 4.0);
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0], "position 0 is the identity");
+        // Pair i turns by pos * base^(-2i/dims).
+        let mut x = [0.0f32, 0.0, 1.0, 0.0];
+        rope.apply(&mut x, 4, 100);
+        let angle = 100.0 * 10000f32.powf(-0.5);
+        assert!(
+            (x[2] - angle.cos()).abs() < 1e-5 && (x[3] - angle.sin()).abs() < 1e-5,
+            "{x:?}"
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@ pub fn threads() -> usize {
 /// Runs `f` over `0..n` split into contiguous ranges, one per thread, each a
 /// multiple of `align` long (except the last). Runs inline when the work is
 /// too small to be worth a thread.
-pub fn for_each_range(n: usize, align: usize, min_per_thread: usize, f: impl Fn(Range<usize>) + Sync) {
+pub fn for_each_range(
+    n: usize,
+    align: usize,
+    min_per_thread: usize,
+    f: impl Fn(Range<usize>) + Sync,
+) {
     let threads = threads().min(n.div_ceil(min_per_thread.max(1))).max(1);
     if threads == 1 {
         f(0..n);

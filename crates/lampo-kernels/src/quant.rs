@@ -124,7 +124,7 @@ impl DType {
     /// blocks or the size overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let len = self.block_len() as u64;
-        if n % len != 0 {
+        if !n.is_multiple_of(len) {
             return None;
         }
         (n / len).checked_mul(self.block_bytes() as u64)
@@ -264,8 +264,17 @@ fn dequantize_block(ty: DType, b: &[u8], y: &mut [f32]) {
 /// wrong length; callers validate shapes when a model is loaded.
 pub fn dequantize_row(ty: DType, src: &[u8], dst: &mut [f32]) {
     let (len, bytes) = (ty.block_len(), ty.block_bytes());
-    assert_eq!(dst.len() % len, 0, "{ty}: row of {} values is not whole blocks", dst.len());
-    assert_eq!(src.len(), dst.len() / len * bytes, "{ty}: row bytes do not match value count");
+    assert_eq!(
+        dst.len() % len,
+        0,
+        "{ty}: row of {} values is not whole blocks",
+        dst.len()
+    );
+    assert_eq!(
+        src.len(),
+        dst.len() / len * bytes,
+        "{ty}: row bytes do not match value count"
+    );
     match ty {
         DType::F32 => {
             for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -293,7 +302,11 @@ pub fn dequantize_row(ty: DType, src: &[u8], dst: &mut [f32]) {
 /// Dot product of a row stored as `ty` with f32 activations `x`.
 pub fn dot_row(ty: DType, src: &[u8], x: &[f32]) -> f32 {
     let (len, bytes) = (ty.block_len(), ty.block_bytes());
-    assert_eq!(src.len(), x.len() / len * bytes, "{ty}: row bytes do not match value count");
+    assert_eq!(
+        src.len(),
+        x.len() / len * bytes,
+        "{ty}: row bytes do not match value count"
+    );
     if ty == DType::F32 {
         let mut w = vec![0f32; x.len()];
         dequantize_row(ty, src, &mut w);
@@ -313,7 +326,7 @@ pub fn dot_row(ty: DType, src: &[u8], x: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn f16b(v: f32) -> [u8; 2] {
@@ -359,7 +372,10 @@ mod tests {
         let mut y = [0f32; 3];
         dequantize_row(DType::F32, &b, &mut y);
         assert_eq!(y, [1.5, -2.25, 0.0]);
-        let b: Vec<u8> = [0.5f32, -3.0, 65504.0].iter().flat_map(|&v| f16b(v)).collect();
+        let b: Vec<u8> = [0.5f32, -3.0, 65504.0]
+            .iter()
+            .flat_map(|&v| f16b(v))
+            .collect();
         dequantize_row(DType::F16, &b, &mut y);
         assert_eq!(y, [0.5, -3.0, 65504.0]);
         // bf16 is the top half of an f32: 0x3fc0 = 1.5, 0xc040 = -3.0, 0x4780 = 65536.
@@ -478,7 +494,7 @@ mod tests {
         // element 0: q=1-32=-31, scale index 0 -> -4
         assert_eq!(y[0], 0.5 * -4.0 * -31.0);
         // element 32: q=(15|16)-32=-1, scale index 2 -> -2
-        assert_eq!(y[32], 0.5 * -2.0 * -1.0);
+        assert_eq!(y[32], -(0.5 * -2.0));
         // element 64: q=(2|32)-32=2, scale index 4 -> 0
         assert_eq!(y[64], 0.0);
         // element 96: q=(0|48)-32=16, scale index 6 -> 2
@@ -501,7 +517,7 @@ mod tests {
     }
 
     /// Random blocks whose f16 fields hold small finite values.
-    fn random_row(ty: DType, n: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn random_row(ty: DType, n: usize, seed: u64) -> Vec<u8> {
         let mut row = noise(ty.bytes_for(n as u64).unwrap() as usize, seed);
         let f16_fields: &[usize] = match ty {
             DType::F16 => &[],
@@ -523,7 +539,9 @@ mod tests {
                 .flat_map(|(i, _)| ((i as f32 * 0.37).sin()).to_le_bytes())
                 .collect(),
             DType::F16 => (0..n).flat_map(|i| f16b((i as f32 * 0.37).sin())).collect(),
-            DType::BF16 => (0..n).flat_map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes()).collect(),
+            DType::BF16 => (0..n)
+                .flat_map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes())
+                .collect(),
             _ => row,
         }
     }
@@ -539,7 +557,11 @@ mod tests {
                 dequantize_row(ty, &row, &mut w);
                 let want: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
                 let got = dot_row(ty, &row, &x) as f64;
-                let scale: f64 = w.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let scale: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
                 assert!(
                     (got - want).abs() <= 1e-5 * scale.max(1.0),
                     "{ty} n={n}: got {got}, want {want}"

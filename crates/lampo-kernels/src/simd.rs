@@ -62,7 +62,12 @@ pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
@@ -83,11 +88,19 @@ mod tests {
     #[test]
     fn dispatched_dot_matches_portable_on_odd_sizes() {
         for n in [0usize, 1, 7, 15, 16, 17, 31, 64, 100, 577, 1536] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
+                .collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5).collect();
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            for (name, got) in [("dispatched", dot_f32(&a, &b)), ("portable", dot_portable(&a, &b))] {
-                assert!((got as f64 - exact).abs() < 1e-3, "{name} n={n}: {got} vs {exact}");
+            for (name, got) in [
+                ("dispatched", dot_f32(&a, &b)),
+                ("portable", dot_portable(&a, &b)),
+            ] {
+                assert!(
+                    (got as f64 - exact).abs() < 1e-3,
+                    "{name} n={n}: {got} vs {exact}"
+                );
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

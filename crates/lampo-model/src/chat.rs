@@ -19,7 +19,12 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into(), tool_call_id: None, tool_calls: None }
+        Message {
+            role: role.into(),
+            content: content.into(),
+            tool_call_id: None,
+            tool_calls: None,
+        }
     }
 }
 
@@ -34,11 +39,15 @@ pub struct ChatTemplate {
 
 /// Python's `json.dumps` defaults (", " and ": " separators, no ASCII
 /// escaping), which Hugging Face's `tojson` uses and templates rely on.
-fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<String, minijinja::Error> {
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<String, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
     let mut out = String::new();
     write_py_json(&json, indent, 0, &mut out);
     Ok(out)
@@ -90,17 +99,31 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use this for "today's date" in system prompts; a fixed,
             // well-formed date keeps prompts reproducible.
-            fmt.replace("%d", "01").replace("%m", "01").replace("%Y", "2025").replace("%b", "Jan").replace("%B", "January")
+            fmt.replace("%d", "01")
+                .replace("%m", "01")
+                .replace("%Y", "2025")
+                .replace("%b", "Jan")
+                .replace("%B", "January")
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::Template(format!("chat template does not compile: {e:#}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// Renders a conversation. With `add_generation_prompt` the text ends
@@ -120,7 +143,10 @@ impl ChatTemplate {
                 )));
             }
         }
-        let tmpl = self.env.get_template("chat").expect("added at construction");
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .expect("added at construction");
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -138,9 +164,15 @@ mod tests {
 
     #[test]
     fn tojson_matches_python_json_dumps() {
-        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null,"é"],"c":{}}"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":[true,null,"é"],"c":{}}"#).unwrap();
         let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "").unwrap();
-        let out = t.env.get_template("chat").unwrap().render(minijinja::context! { x => v }).unwrap();
+        let out = t
+            .env
+            .get_template("chat")
+            .unwrap()
+            .render(minijinja::context! { x => v })
+            .unwrap();
         assert_eq!(
             out,
             "{\"b\": 1, \"a\": [true, null, \"é\"], \"c\": {}}|{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    \"é\"\n  ],\n  \"c\": {}\n}"
@@ -149,9 +181,20 @@ mod tests {
 
     #[test]
     fn unknown_roles_and_raised_exceptions_are_errors() {
-        let t = ChatTemplate::new("{% for m in messages %}{{ m.content.strip() }}{% endfor %}", "", "").unwrap();
-        assert_eq!(t.render(&[Message::new("user", "  hi ")], false, None).unwrap(), "hi");
-        let err = t.render(&[Message::new("wizard", "hi")], false, None).unwrap_err();
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content.strip() }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")], false, None)
+                .unwrap(),
+            "hi"
+        );
+        let err = t
+            .render(&[Message::new("wizard", "hi")], false, None)
+            .unwrap_err();
         assert!(err.to_string().contains("unknown role 'wizard'"), "{err}");
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], true, None).unwrap_err();

@@ -1,8 +1,8 @@
 //! Hyperparameters read from GGUF metadata.
 
+use crate::ModelError;
 use crate::arch::{self, ArchSpec};
 use crate::gguf::{Gguf, Value};
-use crate::ModelError;
 
 /// The shape of a decoder-only transformer, as its GGUF file describes it.
 #[derive(Clone, Debug)]
@@ -49,14 +49,19 @@ impl Config {
         }
         let rope_dims = meta_usize_or(g, &key("rope.dimension_count"), head_dim)?;
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(ModelError::Config(format!("rope over {rope_dims} of {head_dim} head dimensions")));
+            return Err(ModelError::Config(format!(
+                "rope over {rope_dims} of {head_dim} head dimensions"
+            )));
         }
         let embd = g
             .tensor("token_embd.weight")
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         let n_vocab = embd.shape.get(1).copied().unwrap_or(0) as usize;
         let config = Config {
-            name: g.get("general.name").and_then(Value::as_str).map(str::to_string),
+            name: g
+                .get("general.name")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             n_layer: meta_usize(g, &key("block_count"))?,
             n_embd,
             n_ff: meta_usize(g, &key("feed_forward_length"))?,
@@ -90,11 +95,16 @@ impl Config {
 }
 
 pub(crate) fn meta<'a>(g: &'a Gguf, key: &str) -> Result<&'a Value, ModelError> {
-    g.get(key).ok_or_else(|| ModelError::MissingKey(key.to_string()))
+    g.get(key)
+        .ok_or_else(|| ModelError::MissingKey(key.to_string()))
 }
 
 fn wrong_type(key: &str, want: &str, v: &Value) -> ModelError {
-    ModelError::WrongType { key: key.to_string(), expected: want.to_string(), found: v.type_name().to_string() }
+    ModelError::WrongType {
+        key: key.to_string(),
+        expected: want.to_string(),
+        found: v.type_name().to_string(),
+    }
 }
 
 pub(crate) fn meta_str<'a>(g: &'a Gguf, key: &str) -> Result<&'a str, ModelError> {
@@ -112,7 +122,11 @@ pub(crate) fn meta_usize(g: &Gguf, key: &str) -> Result<usize, ModelError> {
 }
 
 pub(crate) fn meta_usize_or(g: &Gguf, key: &str, default: usize) -> Result<usize, ModelError> {
-    if g.get(key).is_some() { meta_usize(g, key) } else { Ok(default) }
+    if g.get(key).is_some() {
+        meta_usize(g, key)
+    } else {
+        Ok(default)
+    }
 }
 
 pub(crate) fn meta_f32(g: &Gguf, key: &str) -> Result<f32, ModelError> {
@@ -124,5 +138,9 @@ pub(crate) fn meta_f32(g: &Gguf, key: &str) -> Result<f32, ModelError> {
 }
 
 pub(crate) fn meta_f32_or(g: &Gguf, key: &str, default: f32) -> Result<f32, ModelError> {
-    if g.get(key).is_some() { meta_f32(g, key) } else { Ok(default) }
+    if g.get(key).is_some() {
+        meta_f32(g, key)
+    } else {
+        Ok(default)
+    }
 }

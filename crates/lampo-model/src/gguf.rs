@@ -22,15 +22,28 @@ const MAX_ARRAY_DEPTH: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot open {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("not a GGUF file (magic bytes {0:02x?}, expected \"GGUF\")")]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (Lampo reads versions 2 and 3)")]
     UnsupportedVersion(u32),
     #[error("file truncated: {what} at byte {offset} needs {needed} bytes, {available} left")]
-    Truncated { what: String, offset: usize, needed: u64, available: usize },
+    Truncated {
+        what: String,
+        offset: usize,
+        needed: u64,
+        available: usize,
+    },
     #[error("{what} count {count} at byte {offset} cannot fit in the {available} bytes left")]
-    ImpossibleCount { what: String, count: u64, offset: usize, available: usize },
+    ImpossibleCount {
+        what: String,
+        count: u64,
+        offset: usize,
+        available: usize,
+    },
     #[error("{what} at byte {offset} is not valid UTF-8")]
     BadUtf8 { what: String, offset: usize },
     #[error("metadata key '{key}' has unknown value type {ty}")]
@@ -45,16 +58,36 @@ pub enum GgufError {
     DuplicateTensor(String),
     #[error("tensor '{name}' has {dims} dimensions (GGML allows 1 to {MAX_DIMS})")]
     BadDims { name: String, dims: u32 },
-    #[error("tensor '{name}' has shape {shape:?}: every dimension must be at least 1 and the element count must fit in 64 bits")]
+    #[error(
+        "tensor '{name}' has shape {shape:?}: every dimension must be at least 1 and the element count must fit in 64 bits"
+    )]
     BadShape { name: String, shape: Vec<u64> },
     #[error("tensor '{name}' has unknown or unsupported type id {ty}")]
     UnknownTensorType { name: String, ty: u32 },
-    #[error("tensor '{name}' of type {dtype} has rows of {row} values, not a multiple of its block size {block}")]
-    PartialBlock { name: String, dtype: DType, row: u64, block: usize },
+    #[error(
+        "tensor '{name}' of type {dtype} has rows of {row} values, not a multiple of its block size {block}"
+    )]
+    PartialBlock {
+        name: String,
+        dtype: DType,
+        row: u64,
+        block: usize,
+    },
     #[error("tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedTensor { name: String, offset: u64, alignment: u64 },
-    #[error("tensor '{name}' spans bytes {start}..{end} of the data section, which has only {len} bytes")]
-    TensorOutOfBounds { name: String, start: u64, end: u64, len: u64 },
+    MisalignedTensor {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
+    #[error(
+        "tensor '{name}' spans bytes {start}..{end} of the data section, which has only {len} bytes"
+    )]
+    TensorOutOfBounds {
+        name: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
     #[error("tensors '{a}' and '{b}' overlap in the data section")]
     OverlappingTensors { a: String, b: String },
 }
@@ -152,7 +185,12 @@ impl fmt::Display for Value {
             Value::Bool(b) => write!(f, "{b}"),
             Value::F32(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
-            v => write!(f, "{}", v.as_u64().map_or_else(|| format!("{v:?}"), |n| n.to_string())),
+            v => write!(
+                f,
+                "{}",
+                v.as_u64()
+                    .map_or_else(|| format!("{v:?}"), |n| n.to_string())
+            ),
         }
     }
 }
@@ -214,7 +252,10 @@ impl<'a> Reader<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("take returns N bytes"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("take returns N bytes"))
     }
 
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
@@ -227,7 +268,12 @@ impl<'a> Reader<'a> {
 
     /// Checks that `count` items of at least `min_size` bytes each can fit in
     /// what is left, before anything is allocated for them.
-    fn check_count(&self, count: u64, min_size: u64, what: &dyn Fn() -> String) -> Result<(), GgufError> {
+    fn check_count(
+        &self,
+        count: u64,
+        min_size: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), GgufError> {
         if count.saturating_mul(min_size) > self.remaining() as u64 {
             return Err(GgufError::ImpossibleCount {
                 what: what(),
@@ -243,7 +289,10 @@ impl<'a> Reader<'a> {
         let len = self.u64(&|| format!("length of {}", what()))?;
         let start = self.pos;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::BadUtf8 { what: what(), offset: start })
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::BadUtf8 {
+            what: what(),
+            offset: start,
+        })
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, GgufError> {
@@ -260,7 +309,9 @@ impl<'a> Reader<'a> {
             8 => Value::String(self.string(&what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::ArrayTooDeep { key: key.to_string() });
+                    return Err(GgufError::ArrayTooDeep {
+                        key: key.to_string(),
+                    });
                 }
                 let item_ty = self.u32(&|| format!("array type of '{key}'"))?;
                 let len = self.u64(&|| format!("array length of '{key}'"))?;
@@ -270,7 +321,12 @@ impl<'a> Reader<'a> {
                     4..=6 => 4,
                     8 | 10..=12 => 8,
                     9 => 12,
-                    _ => return Err(GgufError::UnknownValueType { key: key.to_string(), ty: item_ty }),
+                    _ => {
+                        return Err(GgufError::UnknownValueType {
+                            key: key.to_string(),
+                            ty: item_ty,
+                        });
+                    }
                 };
                 self.check_count(len, min_size, &|| format!("array of '{key}'"))?;
                 let mut items = Vec::with_capacity(len as usize);
@@ -282,7 +338,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(&what)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
-            _ => return Err(GgufError::UnknownValueType { key: key.to_string(), ty }),
+            _ => {
+                return Err(GgufError::UnknownValueType {
+                    key: key.to_string(),
+                    ty,
+                });
+            }
         })
     }
 }
@@ -359,7 +420,11 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(raw.len());
         let mut tensor_index = HashMap::with_capacity(raw.len());
         for (name, shape, ty, offset) in raw {
-            let elements = shape.iter().try_fold(1u64, |acc, &d| if d == 0 { None } else { acc.checked_mul(d) });
+            let elements =
+                shape.iter().try_fold(
+                    1u64,
+                    |acc, &d| if d == 0 { None } else { acc.checked_mul(d) },
+                );
             let Some(elements) = elements else {
                 return Err(GgufError::BadShape { name, shape });
             };
@@ -367,14 +432,25 @@ impl Gguf {
                 return Err(GgufError::UnknownTensorType { name, ty });
             };
             if shape[0] % dtype.block_len() as u64 != 0 {
-                return Err(GgufError::PartialBlock { name, dtype, row: shape[0], block: dtype.block_len() });
+                return Err(GgufError::PartialBlock {
+                    name,
+                    dtype,
+                    row: shape[0],
+                    block: dtype.block_len(),
+                });
             }
-            let size = dtype.bytes_for(elements).ok_or_else(|| GgufError::BadShape {
-                name: name.clone(),
-                shape: shape.clone(),
-            })?;
+            let size = dtype
+                .bytes_for(elements)
+                .ok_or_else(|| GgufError::BadShape {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                })?;
             if offset % alignment != 0 {
-                return Err(GgufError::MisalignedTensor { name, offset, alignment });
+                return Err(GgufError::MisalignedTensor {
+                    name,
+                    offset,
+                    alignment,
+                });
             }
             if offset.checked_add(size).is_none_or(|end| end > data_len) {
                 return Err(GgufError::TensorOutOfBounds {
@@ -401,7 +477,10 @@ impl Gguf {
         by_offset.sort_by_key(|t| t.offset);
         for pair in by_offset.windows(2) {
             if pair[0].offset + pair[0].size > pair[1].offset {
-                return Err(GgufError::OverlappingTensors { a: pair[0].name.clone(), b: pair[1].name.clone() });
+                return Err(GgufError::OverlappingTensors {
+                    a: pair[0].name.clone(),
+                    b: pair[1].name.clone(),
+                });
             }
         }
 
@@ -433,7 +512,10 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io = |source| GgufError::Io { path: path.display().to_string(), source };
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only; Lampo never writes model files while
         // serving them, and a file truncated by another process underneath is

@@ -25,13 +25,21 @@ pub enum ModelError {
     #[error("metadata key '{0}' is missing")]
     MissingKey(String),
     #[error("metadata key '{key}' should be {expected}, found {found}")]
-    WrongType { key: String, expected: String, found: String },
+    WrongType {
+        key: String,
+        expected: String,
+        found: String,
+    },
     #[error("invalid model configuration: {0}")]
     Config(String),
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    WrongShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    WrongShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("{0}")]
@@ -62,13 +70,25 @@ impl LoadedModel {
                 model.config.n_vocab
             )));
         }
-        let chat_template = match g.get("tokenizer.chat_template").and_then(gguf::Value::as_str) {
+        let chat_template = match g
+            .get("tokenizer.chat_template")
+            .and_then(gguf::Value::as_str)
+        {
             Some(src) => {
-                let text = |id: Option<u32>| id.map(|t| tokenizer.token_text(t)).unwrap_or_default();
-                Some(ChatTemplate::new(src, &text(tokenizer.bos), &text(tokenizer.eos))?)
+                let text =
+                    |id: Option<u32>| id.map(|t| tokenizer.token_text(t)).unwrap_or_default();
+                Some(ChatTemplate::new(
+                    src,
+                    &text(tokenizer.bos),
+                    &text(tokenizer.eos),
+                )?)
             }
             None => None,
         };
-        Ok(LoadedModel { model, tokenizer, chat_template })
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            chat_template,
+        })
     }
 }

@@ -4,10 +4,13 @@
 
 use std::path::Path;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut;
 use lampo_kernels::quant::dequantize_row;
-use lampo_kernels::{DType, WeightRef, matmul};
+use lampo_kernels::{Activations, DType, WeightRef, matmul};
 
 use crate::ModelError;
 use crate::arch::Activation;
@@ -47,12 +50,14 @@ pub struct Model {
     output: Weight,
     layers: Vec<Layer>,
     rope: Rope,
+    activations: Activations,
 }
 
-/// The keys and values of one sequence's past positions, per layer.
+/// The keys and values of one sequence's past positions, per layer, stored
+/// as f16: half the memory of f32, and the precision GGML's default cache has.
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
     kv_dim: usize,
     len: usize,
     capacity: usize,
@@ -144,7 +149,21 @@ impl Model {
             });
         }
         let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
-        Ok(Model { config, file, token_embd, output_norm, output, layers, rope })
+        Ok(Model {
+            config,
+            file,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+            rope,
+            activations: Activations::F32,
+        })
+    }
+
+    /// Chooses how matmuls treat activations (f32 by default).
+    pub fn set_activations(&mut self, activations: Activations) {
+        self.activations = activations;
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -153,7 +172,12 @@ impl Model {
 
     fn w(&self, w: &Weight) -> WeightRef<'_> {
         let data = &self.file.data_slice(w.offset, w.size);
-        WeightRef { dtype: w.dtype, rows: w.rows, cols: w.cols, data }
+        WeightRef {
+            dtype: w.dtype,
+            rows: w.rows,
+            cols: w.cols,
+            data,
+        }
     }
 
     /// Bytes of weights one decode step reads (every matrix once).
@@ -161,7 +185,12 @@ impl Model {
         let per_layer: usize = self
             .layers
             .iter()
-            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|w| w.size).sum::<usize>())
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|w| w.size)
+                    .sum::<usize>()
+            })
             .sum();
         per_layer + self.output.size
     }
@@ -169,17 +198,28 @@ impl Model {
     /// Runs `tokens` at the positions after those already in `kv`, appends
     /// their keys and values to it, and returns logits (`n_vocab` per
     /// position asked for by `logits`).
-    pub fn forward(&self, tokens: &[u32], kv: &mut KvCache, logits: Logits) -> Result<Vec<f32>, ModelError> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Ok(Vec::new());
         }
         if kv.len + n > kv.capacity {
-            return Err(ModelError::ContextFull { needed: kv.len + n, capacity: kv.capacity });
+            return Err(ModelError::ContextFull {
+                needed: kv.len + n,
+                capacity: kv.capacity,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(ModelError::BadToken { token: bad, n_vocab: c.n_vocab });
+            return Err(ModelError::BadToken {
+                token: bad,
+                n_vocab: c.n_vocab,
+            });
         }
         let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
         let past = kv.len;
@@ -198,14 +238,15 @@ impl Model {
         let mut proj = vec![0f32; n * d];
         let mut gate = vec![0f32; n * c.n_ff];
         let mut up = vec![0f32; n * c.n_ff];
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
 
         for (li, layer) in self.layers.iter().enumerate() {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
             }
-            matmul(&self.w(&layer.wq), &h, &mut q);
-            matmul(&self.w(&layer.wk), &h, &mut k);
-            matmul(&self.w(&layer.wv), &h, &mut v);
+            matmul(&self.w(&layer.wq), &h, &mut q, self.activations);
+            matmul(&self.w(&layer.wk), &h, &mut k, self.activations);
+            matmul(&self.w(&layer.wv), &h, &mut v, self.activations);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_rows(&mut q, bq);
                 add_rows(&mut k, bk);
@@ -213,20 +254,30 @@ impl Model {
             }
             for i in 0..n {
                 self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
-                self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
+                self.rope
+                    .apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
             }
-            kv.k[li].extend_from_slice(&k);
-            kv.v[li].extend_from_slice(&v);
-            self.attention(&q, &kv.k[li], &kv.v[li], past, &mut attn);
+            kv.k[li].extend(k.iter().map(|&x| f16::from_f32(x)));
+            kv.v[li].extend(v.iter().map(|&x| f16::from_f32(x)));
+            // Widen this layer's cache once; every query head then reads f32.
+            keys.resize(kv.k[li].len(), 0.0);
+            values.resize(kv.v[li].len(), 0.0);
+            kv.k[li].convert_to_f32_slice(&mut keys);
+            kv.v[li].convert_to_f32_slice(&mut values);
+            // Queries meet keys at f16 precision, as in GGML's f16 attention.
+            for x in q.iter_mut() {
+                *x = f16::from_f32(*x).to_f32();
+            }
+            self.attention(&q, &keys, &values, past, &mut attn);
 
-            matmul(&self.w(&layer.wo), &attn, &mut proj);
+            matmul(&self.w(&layer.wo), &attn, &mut proj, self.activations);
             add_assign(&mut x, &proj);
 
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.ffn_norm, c.rms_eps, hr);
             }
-            matmul(&self.w(&layer.w_gate), &h, &mut gate);
-            matmul(&self.w(&layer.w_up), &h, &mut up);
+            matmul(&self.w(&layer.w_gate), &h, &mut gate, self.activations);
+            matmul(&self.w(&layer.w_up), &h, &mut up, self.activations);
             let act: fn(f32) -> f32 = match c.spec.activation {
                 Activation::Silu => silu,
                 Activation::GeluTanh => gelu_tanh,
@@ -234,7 +285,7 @@ impl Model {
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = act(*g) * u;
             }
-            matmul(&self.w(&layer.w_down), &gate, &mut proj);
+            matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
             add_assign(&mut x, &proj);
         }
         kv.len = past + n;
@@ -248,7 +299,7 @@ impl Model {
             rms_norm(xr, &self.output_norm, c.rms_eps, hr);
         }
         let mut out = vec![0f32; rows.len() / d * c.n_vocab];
-        matmul(&self.w(&self.output), &normed, &mut out);
+        matmul(&self.w(&self.output), &normed, &mut out, self.activations);
         Ok(out)
     }
 
@@ -268,6 +319,9 @@ impl Model {
                 .map(|p| lampo_kernels::simd::dot_f32(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
                 .collect();
             softmax(&mut scores);
+            for s in scores.iter_mut() {
+                *s = f16::from_f32(*s).to_f32();
+            }
             o.fill(0.0);
             for (p, &w) in scores.iter().enumerate() {
                 for (acc, &val) in o.iter_mut().zip(&values[p * kvd + kv_off..][..hd]) {
@@ -291,12 +345,18 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
 }
 
 fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    file.gguf.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    file.gguf
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
 fn check_shape(t: &TensorInfo, want: &[u64]) -> Result<(), ModelError> {
     if t.shape != want {
-        return Err(ModelError::WrongShape { name: t.name.clone(), expected: want.to_vec(), found: t.shape.clone() });
+        return Err(ModelError::WrongShape {
+            name: t.name.clone(),
+            expected: want.to_vec(),
+            found: t.shape.clone(),
+        });
     }
     Ok(())
 }
@@ -305,7 +365,13 @@ fn check_shape(t: &TensorInfo, want: &[u64]) -> Result<(), ModelError> {
 fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weight, ModelError> {
     let t = tensor(file, name)?;
     check_shape(t, &[cols as u64, rows as u64])?;
-    Ok(Weight { dtype: t.dtype, rows, cols, offset: t.offset, size: t.size })
+    Ok(Weight {
+        dtype: t.dtype,
+        rows,
+        cols,
+        offset: t.offset,
+        size: t.size,
+    })
 }
 
 /// A vector (norm gain or bias), dequantized to f32 since it is small.

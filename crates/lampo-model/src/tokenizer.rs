@@ -67,8 +67,18 @@ fn is_llama3_style(pre: &str) -> bool {
 }
 
 /// The pre-tokenizer names Lampo understands for byte-level BPE vocabularies.
-pub const SUPPORTED_PRE: &[&str] =
-    &["gpt-2", "default", "llama-bpe", "llama3", "llama-v3", "qwen2", "smollm", "starcoder", "refact", "command-r"];
+pub const SUPPORTED_PRE: &[&str] = &[
+    "gpt-2",
+    "default",
+    "llama-bpe",
+    "llama3",
+    "llama-v3",
+    "qwen2",
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+];
 
 pub struct Tokenizer {
     /// Splits control tokens out of the text (`parse_special`).
@@ -91,7 +101,9 @@ pub struct Tokenizer {
 }
 
 fn string_array<'a>(g: &'a Gguf, key: &str) -> Result<Vec<&'a str>, ModelError> {
-    let v = g.get(key).ok_or_else(|| ModelError::MissingKey(key.into()))?;
+    let v = g
+        .get(key)
+        .ok_or_else(|| ModelError::MissingKey(key.into()))?;
     let arr = v.as_array().ok_or_else(|| ModelError::WrongType {
         key: key.into(),
         expected: "array of strings".into(),
@@ -115,7 +127,9 @@ fn token_id(g: &Gguf, key: &str, n_vocab: usize) -> Result<Option<u32>, ModelErr
             Some(id) if (id as usize) < n_vocab => Ok(Some(id as u32)),
             // Some converters write -1 or out-of-range ids for "none".
             _ if matches!(v, Value::I32(-1) | Value::I64(-1)) => Ok(None),
-            _ => Err(ModelError::Tokenizer(format!("{key} = {v} is not a token of the {n_vocab}-token vocabulary"))),
+            _ => Err(ModelError::Tokenizer(format!(
+                "{key} = {v} is not a token of the {n_vocab}-token vocabulary"
+            ))),
         },
     }
 }
@@ -129,7 +143,8 @@ fn byte_level_alphabet() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -147,28 +162,32 @@ fn tk_err(e: impl std::fmt::Display) -> ModelError {
 impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
         let model = crate::config::meta_str(g, "tokenizer.ggml.model")?.to_string();
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).map(str::to_string);
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let tokens = string_array(g, "tokenizer.ggml.tokens")?;
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
             return Err(ModelError::Tokenizer(format!("vocabulary of {n} tokens")));
         }
-        let kinds: Vec<TokenKind> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(types) if types.len() == n => types
-                .iter()
-                .map(|t| match t {
-                    Value::I32(v) => TokenKind::from_gguf(*v as i64),
-                    other => TokenKind::from_gguf(other.as_u64().map_or(1, |v| v as i64)),
-                })
-                .collect(),
-            Some(types) => {
-                return Err(ModelError::Tokenizer(format!(
-                    "{} token types for {n} tokens",
-                    types.len()
-                )));
-            }
-            None => vec![TokenKind::Normal; n],
-        };
+        let kinds: Vec<TokenKind> =
+            match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+                Some(types) if types.len() == n => types
+                    .iter()
+                    .map(|t| match t {
+                        Value::I32(v) => TokenKind::from_gguf(*v as i64),
+                        other => TokenKind::from_gguf(other.as_u64().map_or(1, |v| v as i64)),
+                    })
+                    .collect(),
+                Some(types) => {
+                    return Err(ModelError::Tokenizer(format!(
+                        "{} token types for {n} tokens",
+                        types.len()
+                    )));
+                }
+                None => vec![TokenKind::Normal; n],
+            };
 
         let (model_wrapper, bytes, normalizer, pre_tokenizer) = match model.as_str() {
             "gpt2" => Self::byte_level_bpe(g, &tokens, &kinds, pre.as_deref())?,
@@ -187,7 +206,9 @@ impl Tokenizer {
             .iter()
             .zip(&kinds)
             .filter(|(_, k)| matches!(k, TokenKind::Control | TokenKind::UserDefined))
-            .map(|(t, k)| AddedToken::from(t.to_string(), *k == TokenKind::Control).normalized(false))
+            .map(|(t, k)| {
+                AddedToken::from(t.to_string(), *k == TokenKind::Control).normalized(false)
+            })
             .collect();
         tk.add_tokens(&added);
         let mut plain = tk.clone();
@@ -196,11 +217,21 @@ impl Tokenizer {
         let bos = token_id(g, "tokenizer.ggml.bos_token_id", n)?;
         let eos = token_id(g, "tokenizer.ggml.eos_token_id", n)?;
         let mut eog: Vec<u32> = Vec::new();
-        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
             eog.extend(token_id(g, key, n)?);
         }
         // Chat models end turns with tokens the file may not flag as eos.
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"] {
+        for name in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<end_of_turn>",
+            "<|end|>",
+        ] {
             if let Some(i) = tokens.iter().position(|t| *t == name)
                 && kinds[i] == TokenKind::Control
             {
@@ -235,7 +266,15 @@ impl Tokenizer {
         tokens: &[&str],
         kinds: &[TokenKind],
         pre: Option<&str>,
-    ) -> Result<(BPE, Vec<Vec<u8>>, Option<NormalizerWrapper>, Option<PreTokenizerWrapper>), ModelError> {
+    ) -> Result<
+        (
+            BPE,
+            Vec<Vec<u8>>,
+            Option<NormalizerWrapper>,
+            Option<PreTokenizerWrapper>,
+        ),
+        ModelError,
+    > {
         let pre_name = pre.unwrap_or("default");
         let regexes = pre_tokenizer_regexes(pre_name).ok_or_else(|| {
             ModelError::Tokenizer(format!(
@@ -251,7 +290,11 @@ impl Tokenizer {
                     .ok_or_else(|| ModelError::Tokenizer(format!("merge '{m}' is not two tokens")))
             })
             .collect::<Result<_, _>>()?;
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(is_llama3_style(pre_name))
@@ -260,22 +303,33 @@ impl Tokenizer {
 
         let mut splits: Vec<PreTokenizerWrapper> = Vec::new();
         for re in regexes {
-            let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(tk_err)?;
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tk_err)?;
             splits.push(split.into());
         }
         splits.push(ByteLevel::new(false, false, false).into());
         let pre_tokenizer = PreTokenizerWrapper::Sequence(PreSequence::new(splits));
 
         let alphabet = byte_level_alphabet();
-        let unmap: HashMap<char, u8> = alphabet.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let unmap: HashMap<char, u8> = alphabet
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         let bytes = tokens
             .iter()
             .zip(kinds)
             .map(|(t, k)| match k {
                 // Special tokens are stored as their literal text.
                 TokenKind::Control | TokenKind::UserDefined => t.as_bytes().to_vec(),
-                _ => t.chars().map(|c| unmap.get(&c).copied().unwrap_or(b'?')).collect(),
+                _ => t
+                    .chars()
+                    .map(|c| unmap.get(&c).copied().unwrap_or(b'?'))
+                    .collect(),
             })
             .collect();
         Ok((bpe, bytes, None, Some(pre_tokenizer)))
@@ -286,12 +340,30 @@ impl Tokenizer {
         g: &Gguf,
         tokens: &[&str],
         kinds: &[TokenKind],
-    ) -> Result<(BPE, Vec<Vec<u8>>, Option<NormalizerWrapper>, Option<PreTokenizerWrapper>), ModelError> {
+    ) -> Result<
+        (
+            BPE,
+            Vec<Vec<u8>>,
+            Option<NormalizerWrapper>,
+            Option<PreTokenizerWrapper>,
+        ),
+        ModelError,
+    > {
         let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
-            Some(s) if s.len() == tokens.len() => s.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-            _ => return Err(ModelError::Tokenizer("SentencePiece vocabulary without one score per token".into())),
+            Some(s) if s.len() == tokens.len() => {
+                s.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+            }
+            _ => {
+                return Err(ModelError::Tokenizer(
+                    "SentencePiece vocabulary without one score per token".into(),
+                ));
+            }
         };
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
         // SentencePiece merges the adjacent pair whose joined piece scores
         // highest: the same as BPE with merges ranked by that piece's score.
         let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
@@ -313,7 +385,10 @@ impl Tokenizer {
             .zip(kinds)
             .find(|(_, k)| **k == TokenKind::Unknown)
             .map(|(t, _)| t.to_string());
-        let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
         if let Some(unk) = unk {
             builder = builder.unk_token(unk);
         }
@@ -330,7 +405,9 @@ impl Tokenizer {
             .iter()
             .zip(kinds)
             .map(|(t, k)| match k {
-                TokenKind::Byte => parse_byte_token(t).map_or_else(|| t.as_bytes().to_vec(), |b| vec![b]),
+                TokenKind::Byte => {
+                    parse_byte_token(t).map_or_else(|| t.as_bytes().to_vec(), |b| vec![b])
+                }
                 TokenKind::Normal => t.replace('▁', " ").into_bytes(),
                 _ => t.as_bytes().to_vec(),
             })
@@ -345,8 +422,17 @@ impl Tokenizer {
     /// Tokenizes `text`. `add_special` adds BOS/EOS as the file asks;
     /// `parse_special` turns control-token text such as `<|im_start|>` into
     /// those tokens rather than spelling it out.
-    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, ModelError> {
-        let tk = if parse_special { &self.with_special } else { &self.plain };
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
         let enc = tk.encode_fast(text, false).map_err(tk_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 2);
         if add_special && self.add_bos {
@@ -420,7 +506,9 @@ impl StreamDecoder {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).expect("checked prefix"));
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[..valid]).expect("checked prefix"),
+                    );
                     match e.error_len() {
                         // A broken sequence will never complete: replace it and go on.
                         Some(bad) => {
@@ -458,7 +546,11 @@ mod tests {
         assert_eq!(d.push(&euro[..1]), "");
         assert_eq!(d.push(&euro[1..2]), "");
         assert_eq!(d.push(&[euro[2], b'b']), "€b");
-        assert_eq!(d.push(&[0xff, b'c']), "\u{fffd}c", "invalid bytes become U+FFFD, not a stall");
+        assert_eq!(
+            d.push(&[0xff, b'c']),
+            "\u{fffd}c",
+            "invalid bytes become U+FFFD, not a stall"
+        );
         assert_eq!(d.push(&euro[..2]), "");
         assert_eq!(d.finish(), "\u{fffd}");
     }

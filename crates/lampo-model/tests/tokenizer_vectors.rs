@@ -12,7 +12,10 @@ fn vocab_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
     let dir = models.join("vocab");
-    assert!(dir.join(".complete").exists(), "tokenizer test vectors missing: run scripts/fetch-models vocab");
+    assert!(
+        dir.join(".complete").exists(),
+        "tokenizer test vectors missing: run scripts/fetch-models vocab"
+    );
     dir
 }
 
@@ -28,10 +31,17 @@ fn check_vocab(name: &str) -> (usize, Vec<String>) {
     let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     let expected: Vec<&str> = out.lines().collect();
     // The input file ends with a separator, so the last split is empty.
-    assert_eq!(inputs.len() - 1, expected.len(), "{name}: inputs and outputs disagree in count");
+    assert_eq!(
+        inputs.len() - 1,
+        expected.len(),
+        "{name}: inputs and outputs disagree in count"
+    );
     let mut bad = Vec::new();
     for (text, want) in inputs.iter().zip(&expected) {
-        let want: Vec<u32> = want.split_whitespace().map(|t| t.parse().unwrap()).collect();
+        let want: Vec<u32> = want
+            .split_whitespace()
+            .map(|t| t.parse().unwrap())
+            .collect();
         let got = tok.encode(text, false, false).unwrap();
         if got != want {
             bad.push(format!("{name}: {text:?}\n  want {want:?}\n  got  {got:?}"));
@@ -42,7 +52,12 @@ fn check_vocab(name: &str) -> (usize, Vec<String>) {
 
 fn assert_all_match(name: &str) {
     let (n, bad) = check_vocab(name);
-    assert!(bad.is_empty(), "{} of {n} cases differ:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {n} cases differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]

@@ -3,11 +3,15 @@
 use lampo_kernels::ops::RopeStyle;
 
 use super::{Activation, ArchSpec};
-use crate::gguf::Gguf;
 use crate::ModelError;
+use crate::gguf::Gguf;
 
 pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
     // llama.cpp's converter permutes Q and K rows so that rotary pairs are
     // adjacent dimensions.
-    Ok(ArchSpec { rope_style: RopeStyle::Adjacent, qkv_bias: false, activation: Activation::Silu })
+    Ok(ArchSpec {
+        rope_style: RopeStyle::Adjacent,
+        qkv_bias: false,
+        activation: Activation::Silu,
+    })
 }

@@ -7,8 +7,8 @@ mod qwen2;
 
 use lampo_kernels::ops::RopeStyle;
 
-use crate::gguf::Gguf;
 use crate::ModelError;
+use crate::gguf::Gguf;
 
 /// Feed-forward activation of the gated MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

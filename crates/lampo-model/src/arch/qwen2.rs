@@ -3,9 +3,13 @@
 use lampo_kernels::ops::RopeStyle;
 
 use super::{Activation, ArchSpec};
-use crate::gguf::Gguf;
 use crate::ModelError;
+use crate::gguf::Gguf;
 
 pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
-    Ok(ArchSpec { rope_style: RopeStyle::Halves, qkv_bias: true, activation: Activation::Silu })
+    Ok(ArchSpec {
+        rope_style: RopeStyle::Halves,
+        qkv_bias: true,
+        activation: Activation::Silu,
+    })
 }

@@ -1,0 +1,397 @@
+//! Integer dot products of quantized weights with activations quantized to
+//! 8 bits once per matmul.
+//!
+//! Activations are cut into blocks matching the weight format: 32 values for
+//! the 32-block formats (with the block sum, for formats that carry a
+//! minimum), 256 values with per-16 sums for the k-quants. Each weight block
+//! then costs one integer dot product and a couple of float multiplies, and
+//! the results agree with GGML's, which quantizes activations the same way.
+
+use half::f16;
+
+use crate::quant::{DType, QK_K};
+
+/// Activations of one 32-value block: `x ≈ d * qs`, `s = d * sum(qs)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// Activations of one 256-value block, with sums of each 16 values.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8KBlock {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// One row of quantized activations.
+#[derive(Clone, Debug)]
+pub enum QuantizedRow {
+    Q8(Vec<Q8Block>),
+    Q8K(Vec<Q8KBlock>),
+}
+
+/// Which activation blocks a weight format is dotted with, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFormat {
+    Q8,
+    Q8K,
+}
+
+impl DType {
+    /// How activations are quantized for this weight format; float formats
+    /// take f32 activations.
+    pub fn act_format(self) -> Option<ActFormat> {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 => None,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
+                Some(ActFormat::Q8)
+            }
+            DType::Q4_K | DType::Q5_K | DType::Q6_K => Some(ActFormat::Q8K),
+        }
+    }
+}
+
+/// Rounds half to even, as GGML's SIMD quantizers and `nearest_int` do.
+fn round_i32(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+pub fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
+    assert_eq!(
+        x.len() % 32,
+        0,
+        "activations of {} values are not whole 32-blocks",
+        x.len()
+    );
+    x.chunks_exact(32)
+        .map(|xs| {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut qs = [0i8; 32];
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                let r = round_i32(v * id);
+                *q = r as i8;
+                sum += r;
+            }
+            // The scales are stored as f16 in GGML; rounding them the same way
+            // keeps results in step with it.
+            Q8Block {
+                d: f16::from_f32(d).to_f32(),
+                s: f16::from_f32(d * sum as f32).to_f32(),
+                qs,
+            }
+        })
+        .collect()
+}
+
+pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
+    assert_eq!(
+        x.len() % QK_K,
+        0,
+        "activations of {} values are not whole 256-blocks",
+        x.len()
+    );
+    x.chunks_exact(QK_K)
+        .map(|xs| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in xs {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let mut b = Q8KBlock {
+                d: 0.0,
+                qs: [0; QK_K],
+                bsums: [0; QK_K / 16],
+            };
+            if amax == 0.0 {
+                return b;
+            }
+            // The largest value maps to -127 exactly, keeping its sign in d.
+            let iscale = -127.0 / max;
+            for (q, &v) in b.qs.iter_mut().zip(xs) {
+                *q = round_i32(iscale * v).min(127) as i8;
+            }
+            for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = qs.iter().map(|&q| q as i16).sum();
+            }
+            b.d = 1.0 / iscale;
+            b
+        })
+        .collect()
+}
+
+/// Quantizes one activation row for weights of type `ty`.
+pub fn quantize_row_for(ty: DType, x: &[f32]) -> Option<QuantizedRow> {
+    Some(match ty.act_format()? {
+        ActFormat::Q8 => QuantizedRow::Q8(quantize_q8(x)),
+        ActFormat::Q8K => QuantizedRow::Q8K(quantize_q8k(x)),
+    })
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Sum of products of 32 weights given by `w(j)` with activations `a`.
+#[inline(always)]
+fn isum32(a: &[i8; 32], w: impl Fn(usize) -> i32) -> i32 {
+    (0..32).map(|j| w(j) * a[j] as i32).sum()
+}
+
+/// Dot product of one weight row of type `ty` with a quantized activation row.
+pub fn dot_quantized(ty: DType, w: &[u8], a: &QuantizedRow) -> f32 {
+    match (ty, a) {
+        (DType::Q4_0, QuantizedRow::Q8(a)) => dot_q4_0(w, a),
+        (DType::Q4_1, QuantizedRow::Q8(a)) => dot_q4_1(w, a),
+        (DType::Q5_0, QuantizedRow::Q8(a)) => dot_q5_0(w, a),
+        (DType::Q5_1, QuantizedRow::Q8(a)) => dot_q5_1(w, a),
+        (DType::Q8_0, QuantizedRow::Q8(a)) => dot_q8_0(w, a),
+        (DType::Q4_K, QuantizedRow::Q8K(a)) => dot_q4_k(w, a),
+        (DType::Q5_K, QuantizedRow::Q8K(a)) => dot_q5_k(w, a),
+        (DType::Q6_K, QuantizedRow::Q8K(a)) => dot_q6_k(w, a),
+        _ => panic!("{ty} weights cannot be dotted with these activation blocks"),
+    }
+}
+
+fn dot_q4_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(18).zip(a) {
+        let q = &b[2..18];
+        let si = isum32(&y.qs, |j| {
+            if j < 16 {
+                (q[j] & 0x0f) as i32 - 8
+            } else {
+                (q[j - 16] >> 4) as i32 - 8
+            }
+        });
+        sum += f16_at(b, 0) * y.d * si as f32;
+    }
+    sum
+}
+
+fn dot_q4_1(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(20).zip(a) {
+        let q = &b[4..20];
+        let si = isum32(&y.qs, |j| {
+            if j < 16 {
+                (q[j] & 0x0f) as i32
+            } else {
+                (q[j - 16] >> 4) as i32
+            }
+        });
+        sum += f16_at(b, 0) * y.d * si as f32 + f16_at(b, 2) * y.s;
+    }
+    sum
+}
+
+/// The 5-bit value `j` of a Q5 block: low nibble from `q`, fifth bit from `qh`.
+#[inline(always)]
+fn q5_value(q: &[u8], qh: u32, j: usize) -> i32 {
+    let nib = if j < 16 { q[j] & 0x0f } else { q[j - 16] >> 4 };
+    (nib as u32 | (((qh >> j) & 1) << 4)) as i32
+}
+
+fn dot_q5_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(22).zip(a) {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let q = &b[6..22];
+        let si = isum32(&y.qs, |j| q5_value(q, qh, j) - 16);
+        sum += f16_at(b, 0) * y.d * si as f32;
+    }
+    sum
+}
+
+fn dot_q5_1(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(24).zip(a) {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let q = &b[8..24];
+        let si = isum32(&y.qs, |j| q5_value(q, qh, j));
+        sum += f16_at(b, 0) * y.d * si as f32 + f16_at(b, 2) * y.s;
+    }
+    sum
+}
+
+fn dot_q8_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(34).zip(a) {
+        let q = &b[2..34];
+        let si = isum32(&y.qs, |j| q[j] as i8 as i32);
+        sum += f16_at(b, 0) * y.d * si as f32;
+    }
+    sum
+}
+
+/// The eight 6-bit (scale, min) pairs of a Q4_K/Q5_K block.
+fn scales_mins_k4(s: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let (mut sc, mut m) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = (s[j] & 63) as i32;
+            m[j] = (s[j + 4] & 63) as i32;
+        } else {
+            sc[j] = ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i32;
+            m[j] = ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32;
+        }
+    }
+    (sc, m)
+}
+
+/// Shared by Q4_K and Q5_K: `value(chunk, l, high)` gives the unsigned
+/// quantized weight at position `l` of the low or high half of 64-value chunk.
+#[inline(always)]
+fn dot_k4_like(b: &[u8], y: &Q8KBlock, value: impl Fn(usize, usize, bool) -> i32) -> f32 {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (sc, m) = scales_mins_k4(&b[4..16]);
+    let mut total = 0i32;
+    let mut mins = 0i32;
+    for chunk in 0..4 {
+        for (half, high) in [(0usize, false), (1, true)] {
+            let sub = 2 * chunk + half;
+            let base = 64 * chunk + 32 * half;
+            let si: i32 = (0..32)
+                .map(|l| value(chunk, l, high) * y.qs[base + l] as i32)
+                .sum();
+            total += sc[sub] * si;
+            mins += m[sub] * (y.bsums[2 * sub] as i32 + y.bsums[2 * sub + 1] as i32);
+        }
+    }
+    d * y.d * total as f32 - dmin * y.d * mins as f32
+}
+
+fn dot_q4_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(144).zip(a) {
+        let qs = &b[16..144];
+        sum += dot_k4_like(b, y, |chunk, l, high| {
+            let q = qs[32 * chunk + l];
+            (if high { q >> 4 } else { q & 0x0f }) as i32
+        });
+    }
+    sum
+}
+
+fn dot_q5_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(176).zip(a) {
+        let (qh, qs) = (&b[16..48], &b[48..176]);
+        sum += dot_k4_like(b, y, |chunk, l, high| {
+            let q = qs[32 * chunk + l];
+            let bit = 2 * chunk + high as usize;
+            let low = if high { q >> 4 } else { q & 0x0f };
+            (low | (((qh[l] >> bit) & 1) << 4)) as i32
+        });
+    }
+    sum
+}
+
+fn dot_q6_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let mut sum = 0f32;
+    for (b, y) in w.chunks_exact(210).zip(a) {
+        let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+        let d = f16_at(b, 208);
+        let mut total = 0i32;
+        for half in 0..2 {
+            let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+            // Four groups of 32 values, each split into two 16-value scale groups.
+            for part in 0..4 {
+                let mut si = [0i32; 2];
+                for l in 0..32 {
+                    let q = match part {
+                        0 => (ql[l] & 0x0f) | ((qh[l] & 3) << 4),
+                        1 => (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4),
+                        2 => (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                        _ => (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                    } as i32
+                        - 32;
+                    si[l / 16] += q * y.qs[128 * half + 32 * part + l] as i32;
+                }
+                let s = &sc[8 * half + 2 * part..];
+                total += s[0] as i8 as i32 * si[0] + s[1] as i8 as i32 * si[1];
+            }
+        }
+        sum += d * y.d * total as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize_row, tests::random_row};
+
+    #[test]
+    fn q8_blocks_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        for (blocks, xs) in quantize_q8(&x).iter().zip(x.chunks(32)) {
+            for (q, v) in blocks.qs.iter().zip(xs) {
+                assert!(
+                    (*q as f32 * blocks.d - v).abs() <= blocks.d * 0.5 + 1e-3,
+                    "{q} {v}"
+                );
+            }
+        }
+        let k = &quantize_q8k(&x)[0];
+        for (q, v) in k.qs.iter().zip(&x) {
+            assert!((*q as f32 * k.d - v).abs() <= k.d.abs() * 0.51, "{q} {v}");
+        }
+        assert_eq!(
+            k.bsums[3],
+            k.qs[48..64].iter().map(|&q| q as i16).sum::<i16>()
+        );
+        let zero = quantize_q8k(&[0.0; 256]);
+        assert_eq!((zero[0].d, zero[0].qs[5]), (0.0, 0));
+    }
+
+    /// Every integer dot equals the float dot of the dequantized weights with
+    /// the dequantized activations, up to float rounding.
+    #[test]
+    fn integer_dots_match_dequantized_dots() {
+        for ty in DType::ALL.into_iter().filter(|t| t.act_format().is_some()) {
+            for blocks in [1usize, 2, 3] {
+                let n = blocks * QK_K;
+                let row = random_row(ty, n, 17 * n as u64 + ty.ggml_id() as u64);
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.07)
+                    .collect();
+                let act = quantize_row_for(ty, &x).unwrap();
+                let xq: Vec<f32> = match &act {
+                    QuantizedRow::Q8(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+                        .collect(),
+                    QuantizedRow::Q8K(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+                        .collect(),
+                };
+                let mut w = vec![0f32; n];
+                dequantize_row(ty, &row, &mut w);
+                let want: f64 = w.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scale: f64 = w
+                    .iter()
+                    .zip(&xq)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let got = dot_quantized(ty, &row, &act) as f64;
+                // Q4_1/Q5_1 use the block sum rounded to f16, hence the looser bound.
+                assert!(
+                    (got - want).abs() <= 2e-3 * scale.max(1.0),
+                    "{ty} n={n}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

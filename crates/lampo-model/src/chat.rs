@@ -2,18 +2,18 @@
 //! rendered with minijinja and its Python-compatibility methods, so that
 //! templates written for Hugging Face transformers render the same text.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 
 /// One message of a conversation, shaped as templates expect it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<serde_json::Value>,
 }
 
@@ -97,6 +97,9 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are exposed to it by name.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, ModelError> {
         let mut env = minijinja::Environment::new();
+        // Hugging Face renders templates with these on; templates are written for them.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function(

@@ -1,0 +1,45 @@
+//! The models' own chat templates rendered by Lampo must give exactly the
+//! text Hugging Face's jinja2 rendering gives (scripts/record-chat-reference).
+
+use std::path::PathBuf;
+
+use lampo_model::gguf::Value;
+use lampo_model::{ChatTemplate, GgufFile, Message};
+
+fn template_of(name: &str) -> ChatTemplate {
+    let file = match name {
+        "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        other => panic!("unknown model {other}"),
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(file);
+    assert!(path.exists(), "run scripts/fetch-models {name}");
+    let g = GgufFile::open(&path).unwrap();
+    let src = g.gguf.get("tokenizer.chat_template").and_then(Value::as_str).unwrap();
+    ChatTemplate::new(src, "", "").unwrap()
+}
+
+#[test]
+fn renders_exactly_like_hugging_face() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/chat_reference.json")).expect("fixture parses");
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 7);
+    for (i, case) in cases.iter().enumerate() {
+        let name = case["model"].as_str().unwrap();
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let tools = case.get("tools").filter(|t| !t.is_null());
+        let got = template_of(name)
+            .render(&messages, case["add_generation_prompt"].as_bool().unwrap(), tools)
+            .unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
+        assert_eq!(got, case["expected"].as_str().unwrap(), "case {i} ({name})");
+    }
+}
+
+#[test]
+fn generation_prompt_is_where_the_reply_starts() {
+    let t = template_of("qwen05b");
+    let with = t.render(&[Message::new("user", "hi")], true, None).unwrap();
+    let without = t.render(&[Message::new("user", "hi")], false, None).unwrap();
+    assert_eq!(with.strip_prefix(without.as_str()), Some("<|im_start|>assistant\n"));
+}

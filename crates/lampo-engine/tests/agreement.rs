@@ -73,7 +73,7 @@ fn check_model(name: &str, activations: Activations) {
         .collect();
     let bar = reference.iter().copied().fold(0.98, f64::min);
     eprintln!(
-        "{name} ({activations:?} activations): argmax agreement {agree}/{total} = {:.2}% (bar {:.2}%; llama.cpp against itself: {reference:?})\n{}",
+        "{name} ({activations:?} activations): argmax agreement {agree}/{total} = {:.2}% (bar {:.2}%; llama.cpp against itself: {reference:?}); largest llama.cpp margin at a disagreement {worst_margin}\n{}",
         rate * 100.0,
         bar * 100.0,
         report.join("\n")

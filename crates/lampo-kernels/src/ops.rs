@@ -15,14 +15,6 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `rms_norm` in place, for per-head norms.
-pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
-    for (v, &g) in x.iter_mut().zip(w) {
-        *v *= scale * g;
-    }
-}
-
 /// Softmax in place; numerically stable, the sum taken in f64.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -39,12 +31,6 @@ pub fn softmax(x: &mut [f32]) {
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
-}
-
-/// GELU with the tanh approximation, as Gemma uses.
-pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// How a rotary embedding pairs up the dimensions of a head.
@@ -166,6 +152,5 @@ mod tests {
     fn activations() {
         assert_eq!(silu(0.0), 0.0);
         assert!((silu(2.0) - 1.761_594_2).abs() < 1e-6);
-        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
     }
 }

@@ -7,13 +7,12 @@ use std::path::Path;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, silu, softmax};
+use lampo_kernels::ops::{Rope, rms_norm, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut;
 use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::{Activations, DType, WeightRef, matmul};
 
 use crate::ModelError;
-use crate::arch::Activation;
 use crate::config::Config;
 use crate::gguf::{GgufFile, TensorInfo};
 
@@ -278,12 +277,8 @@ impl Model {
             }
             matmul(&self.w(&layer.w_gate), &h, &mut gate, self.activations);
             matmul(&self.w(&layer.w_up), &h, &mut up, self.activations);
-            let act: fn(f32) -> f32 = match c.spec.activation {
-                Activation::Silu => silu,
-                Activation::GeluTanh => gelu_tanh,
-            };
             for (g, u) in gate.iter_mut().zip(&up) {
-                *g = act(*g) * u;
+                *g = silu(*g) * u;
             }
             matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
             add_assign(&mut x, &proj);

@@ -12,10 +12,16 @@ fn template_of(name: &str) -> ChatTemplate {
         "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         other => panic!("unknown model {other}"),
     };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(file);
     assert!(path.exists(), "run scripts/fetch-models {name}");
     let g = GgufFile::open(&path).unwrap();
-    let src = g.gguf.get("tokenizer.chat_template").and_then(Value::as_str).unwrap();
+    let src = g
+        .gguf
+        .get("tokenizer.chat_template")
+        .and_then(Value::as_str)
+        .unwrap();
     ChatTemplate::new(src, "", "").unwrap()
 }
 
@@ -30,7 +36,11 @@ fn renders_exactly_like_hugging_face() {
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let tools = case.get("tools").filter(|t| !t.is_null());
         let got = template_of(name)
-            .render(&messages, case["add_generation_prompt"].as_bool().unwrap(), tools)
+            .render(
+                &messages,
+                case["add_generation_prompt"].as_bool().unwrap(),
+                tools,
+            )
             .unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
         assert_eq!(got, case["expected"].as_str().unwrap(), "case {i} ({name})");
     }
@@ -40,6 +50,11 @@ fn renders_exactly_like_hugging_face() {
 fn generation_prompt_is_where_the_reply_starts() {
     let t = template_of("qwen05b");
     let with = t.render(&[Message::new("user", "hi")], true, None).unwrap();
-    let without = t.render(&[Message::new("user", "hi")], false, None).unwrap();
-    assert_eq!(with.strip_prefix(without.as_str()), Some("<|im_start|>assistant\n"));
+    let without = t
+        .render(&[Message::new("user", "hi")], false, None)
+        .unwrap();
+    assert_eq!(
+        with.strip_prefix(without.as_str()),
+        Some("<|im_start|>assistant\n")
+    );
 }

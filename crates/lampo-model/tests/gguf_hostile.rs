@@ -111,7 +111,9 @@ fn write_temp(bytes: &[u8], name: &str) -> std::path::PathBuf {
 
 fn load_model(bytes: &[u8], name: &str) -> Result<Model, ModelError> {
     let path = write_temp(bytes, name);
-    let result = GgufFile::open(&path).map_err(ModelError::from).and_then(Model::from_file);
+    let result = GgufFile::open(&path)
+        .map_err(ModelError::from)
+        .and_then(Model::from_file);
     std::fs::remove_file(&path).ok();
     result
 }
@@ -119,12 +121,23 @@ fn load_model(bytes: &[u8], name: &str) -> Result<Model, ModelError> {
 #[test]
 fn a_well_formed_tiny_model_loads_and_runs() {
     let model = load_model(&tiny_llama().bytes(), "ok").unwrap();
-    assert_eq!((model.config.n_layer, model.config.head_dim, model.config.n_vocab), (1, 8, 16));
+    assert_eq!(
+        (
+            model.config.n_layer,
+            model.config.head_dim,
+            model.config.n_vocab
+        ),
+        (1, 8, 16)
+    );
     let mut kv = lampo_model::KvCache::new(&model.config, 8);
-    let logits = model.forward(&[1, 2, 3], &mut kv, lampo_model::Logits::All).unwrap();
+    let logits = model
+        .forward(&[1, 2, 3], &mut kv, lampo_model::Logits::All)
+        .unwrap();
     assert_eq!(logits.len(), 3 * 16);
     assert!(logits.iter().all(|l| l.is_finite()));
-    let err = model.forward(&[99], &mut kv, lampo_model::Logits::Last).unwrap_err();
+    let err = model
+        .forward(&[99], &mut kv, lampo_model::Logits::Last)
+        .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }
 
@@ -142,7 +155,13 @@ fn every_truncation_is_an_error() {
         }
     }
     let err = Gguf::parse(&bytes[..bytes.len() / 2]).unwrap_err();
-    assert!(matches!(err, GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +199,10 @@ fn bad_magic_and_version() {
     let mut b = tiny_llama().bytes();
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
     let err = Gguf::parse(&b).unwrap_err();
-    assert!(err.to_string().contains("unsupported GGUF version 1"), "{err}");
+    assert!(
+        err.to_string().contains("unsupported GGUF version 1"),
+        "{err}"
+    );
     let mut b = tiny_llama().bytes();
     b[4..8].copy_from_slice(&2u32.to_le_bytes());
     Gguf::parse(&b).expect("version 2 has the same layout");
@@ -193,7 +215,10 @@ fn huge_counts_are_refused_before_allocating() {
         let mut b = tiny_llama().bytes();
         b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let err = Gguf::parse(&b).unwrap_err();
-        assert!(matches!(err, GgufError::ImpossibleCount { .. }), "{what}: {err}");
+        assert!(
+            matches!(err, GgufError::ImpossibleCount { .. }),
+            "{what}: {err}"
+        );
     }
     // A string length of 2^63.
     let mut w = Writer::default();
@@ -213,7 +238,10 @@ fn huge_counts_are_refused_before_allocating() {
 fn unknown_and_wrong_types() {
     let mut w = Writer::default();
     w.kv_raw("x", 13, &[0; 8]);
-    assert!(matches!(Gguf::parse(&w.bytes()), Err(GgufError::UnknownValueType { ty: 13, .. })));
+    assert!(matches!(
+        Gguf::parse(&w.bytes()),
+        Err(GgufError::UnknownValueType { ty: 13, .. })
+    ));
 
     // Arrays nested deeper than the reader allows.
     let mut nested = 9u32.to_le_bytes().to_vec();
@@ -225,7 +253,10 @@ fn unknown_and_wrong_types() {
     nested.extend(7u32.to_le_bytes());
     let mut w = Writer::default();
     w.kv_raw("deep", 9, &nested);
-    assert!(matches!(Gguf::parse(&w.bytes()), Err(GgufError::ArrayTooDeep { .. })));
+    assert!(matches!(
+        Gguf::parse(&w.bytes()),
+        Err(GgufError::ArrayTooDeep { .. })
+    ));
 
     // An unknown tensor type.
     let mut w = Writer::default();
@@ -234,13 +265,20 @@ fn unknown_and_wrong_types() {
     let ty_at = 24 + 8 + 1 + 4 + 8; // header, name length, name, dims count, one dim
     b[ty_at..ty_at + 4].copy_from_slice(&77u32.to_le_bytes());
     let err = Gguf::parse(&b).unwrap_err();
-    assert!(err.to_string().contains("unknown or unsupported type id 77"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unknown or unsupported type id 77"),
+        "{err}"
+    );
 
     // Metadata of the wrong type: a string where a count belongs.
     let mut w = tiny_llama();
     w.kv_str("llama.rope.freq_base", "fast");
     let err = load_model(&w.bytes(), "wrongtype").err().unwrap();
-    assert!(err.to_string().contains("llama.rope.freq_base") && err.to_string().contains("string"), "{err}");
+    assert!(
+        err.to_string().contains("llama.rope.freq_base") && err.to_string().contains("string"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -260,22 +298,42 @@ fn bad_tensor_tables() {
     w.infos.extend(0u32.to_le_bytes());
     w.infos.extend(0u64.to_le_bytes());
     w.n_tensors = 1;
-    assert!(matches!(Gguf::parse(&w.bytes()), Err(GgufError::BadShape { .. })));
+    assert!(matches!(
+        Gguf::parse(&w.bytes()),
+        Err(GgufError::BadShape { .. })
+    ));
 
     // Offsets: misaligned, beyond the file, overlapping, duplicate names.
     let with_offset = |offset: u64, name2: &str| {
         let mut w = Writer::default();
         w.tensor("a", &[8], 1.0).tensor(name2, &[8], 1.0);
         let mut b = w.bytes();
-        let at = b.windows(name2.len() + 8).position(|win| &win[8..] == name2.as_bytes()).unwrap() + 8 + name2.len();
+        let at = b
+            .windows(name2.len() + 8)
+            .position(|win| &win[8..] == name2.as_bytes())
+            .unwrap()
+            + 8
+            + name2.len();
         let off_at = at + 4 + 8 + 4;
         b[off_at..off_at + 8].copy_from_slice(&offset.to_le_bytes());
         Gguf::parse(&b)
     };
-    assert!(matches!(with_offset(4, "b"), Err(GgufError::MisalignedTensor { .. })));
-    assert!(matches!(with_offset(1 << 40, "b"), Err(GgufError::TensorOutOfBounds { .. })));
-    assert!(matches!(with_offset(0, "b"), Err(GgufError::OverlappingTensors { .. })));
-    assert!(matches!(with_offset(32, "a"), Err(GgufError::DuplicateTensor(_))));
+    assert!(matches!(
+        with_offset(4, "b"),
+        Err(GgufError::MisalignedTensor { .. })
+    ));
+    assert!(matches!(
+        with_offset(1 << 40, "b"),
+        Err(GgufError::TensorOutOfBounds { .. })
+    ));
+    assert!(matches!(
+        with_offset(0, "b"),
+        Err(GgufError::OverlappingTensors { .. })
+    ));
+    assert!(matches!(
+        with_offset(32, "a"),
+        Err(GgufError::DuplicateTensor(_))
+    ));
 
     // Quantized rows must be whole blocks: 40 values of Q4_0 (block 32).
     let mut w = Writer::default();
@@ -283,12 +341,18 @@ fn bad_tensor_tables() {
     let mut b = w.bytes();
     let ty_at = 24 + 8 + 1 + 4 + 8;
     b[ty_at..ty_at + 4].copy_from_slice(&2u32.to_le_bytes());
-    assert!(matches!(Gguf::parse(&b), Err(GgufError::PartialBlock { .. })));
+    assert!(matches!(
+        Gguf::parse(&b),
+        Err(GgufError::PartialBlock { .. })
+    ));
 
     // Alignment that is not a power of two.
     let mut w = Writer::default();
     w.kv_u32("general.alignment", 48);
-    assert!(matches!(Gguf::parse(&w.bytes()), Err(GgufError::BadAlignment(48))));
+    assert!(matches!(
+        Gguf::parse(&w.bytes()),
+        Err(GgufError::BadAlignment(48))
+    ));
 }
 
 #[test]
@@ -301,7 +365,10 @@ fn model_level_checks_name_the_problem() {
     let at = b.windows(name.len()).position(|win| win == name).unwrap() + name.len() + 4 + 8;
     b[at..at + 8].copy_from_slice(&8u64.to_le_bytes()); // 16 rows -> 8 rows
     let err = load_model(&b, "shape").err().unwrap();
-    assert!(err.to_string().contains("blk.0.attn_k.weight") && err.to_string().contains("expected"), "{err}");
+    assert!(
+        err.to_string().contains("blk.0.attn_k.weight") && err.to_string().contains("expected"),
+        "{err}"
+    );
 
     // A missing key, then a missing tensor.
     let mut w = Writer::default();
@@ -313,29 +380,48 @@ fn model_level_checks_name_the_problem() {
     let at = b.windows(name.len()).position(|win| win == name).unwrap();
     b[at + 8] = b'X'; // rename to blk.0.ffn_Xp.weight
     let err = load_model(&b, "missing-tensor").err().unwrap();
-    assert!(err.to_string().contains("tensor 'blk.0.ffn_up.weight' is missing"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("tensor 'blk.0.ffn_up.weight' is missing"),
+        "{err}"
+    );
 
     // Heads that do not divide.
-    let err = load_model(&tiny_llama_with_kv_heads(3).bytes(), "heads").err().unwrap();
-    assert!(err.to_string().contains("4 attention heads cannot be shared by 3"), "{err}");
+    let err = load_model(&tiny_llama_with_kv_heads(3).bytes(), "heads")
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("4 attention heads cannot be shared by 3"),
+        "{err}"
+    );
 
     // A key given twice.
     let mut w = tiny_llama();
     w.kv_u32("llama.block_count", 2);
     let err = load_model(&w.bytes(), "dup").err().unwrap();
-    assert!(err.to_string().contains("'llama.block_count' appears twice"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("'llama.block_count' appears twice"),
+        "{err}"
+    );
 
     // An architecture Lampo does not run.
     let mut w = Writer::default();
     w.kv_str("general.architecture", "mamba");
     let err = load_model(&w.bytes(), "arch").err().unwrap();
-    assert!(err.to_string().contains("architecture 'mamba' is not supported"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("architecture 'mamba' is not supported"),
+        "{err}"
+    );
 }
 
 /// The real model file, cut short at many points, always errors cleanly.
 #[test]
 fn truncated_real_model_files() {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "run scripts/fetch-models smollm2");
     let file = std::fs::File::open(&path).unwrap();
     // SAFETY: read-only map of a file the test does not modify.
@@ -344,7 +430,12 @@ fn truncated_real_model_files() {
     assert!(!full.tensors.is_empty());
     let mut cuts: Vec<usize> = (0..64).map(|i| i * 97 + 3).collect();
     cuts.extend((1..40).map(|i| full.data_offset / 40 * i));
-    cuts.extend([full.data_offset - 1, full.data_offset + 1, map.len() / 2, map.len() - 1]);
+    cuts.extend([
+        full.data_offset - 1,
+        full.data_offset + 1,
+        map.len() / 2,
+        map.len() - 1,
+    ]);
     for cut in cuts {
         let err = Gguf::parse(&map[..cut]).expect_err("a cut file must not parse");
         let msg = err.to_string();

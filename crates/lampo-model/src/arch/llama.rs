@@ -2,7 +2,7 @@
 
 use lampo_kernels::ops::RopeStyle;
 
-use super::{Activation, ArchSpec};
+use super::ArchSpec;
 use crate::ModelError;
 use crate::gguf::Gguf;
 
@@ -12,6 +12,5 @@ pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
     Ok(ArchSpec {
         rope_style: RopeStyle::Adjacent,
         qkv_bias: false,
-        activation: Activation::Silu,
     })
 }

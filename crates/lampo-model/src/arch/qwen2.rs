@@ -2,7 +2,7 @@
 
 use lampo_kernels::ops::RopeStyle;
 
-use super::{Activation, ArchSpec};
+use super::ArchSpec;
 use crate::ModelError;
 use crate::gguf::Gguf;
 
@@ -10,6 +10,5 @@ pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
     Ok(ArchSpec {
         rope_style: RopeStyle::Halves,
         qkv_bias: true,
-        activation: Activation::Silu,
     })
 }

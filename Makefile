@@ -1,0 +1,39 @@
+# The two commands a new user needs: `make run` and `make test`.
+PROMPT ?= What is the capital of France?
+MODEL ?= smollm2
+CARGO_TEST ?= cargo test --release --workspace
+
+.PHONY: run chat build models test-models test lint fuzz
+
+# Fetch the default model if missing, build, and answer a prompt with it.
+run: build
+	scripts/fetch-models $(MODEL)
+	./target/release/lampo run -m $(MODEL) --chat --temp 0 -p "$(PROMPT)"
+
+# Interactive chat in the terminal.
+chat: build
+	scripts/fetch-models $(MODEL)
+	./target/release/lampo chat -m $(MODEL)
+
+build:
+	cargo build --release
+
+models:
+	scripts/fetch-models smollm2
+
+# What the tests read: the two reference models and llama.cpp's tokenizer vectors.
+test-models:
+	scripts/fetch-models smollm2 qwen05b vocab
+
+# Every test, then the kernels again on their portable (non-SIMD) path.
+test: test-models
+	$(CARGO_TEST)
+	LAMPO_PORTABLE=1 cargo test --release -p lampo-kernels
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --release -- -D warnings
+
+# Fuzz the GGUF parser for a minute (stable toolchain: RUSTC_BOOTSTRAP enables the sanitizer flags).
+fuzz:
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_parse -- -max_total_time=60 -max_len=65536

@@ -23,7 +23,7 @@ models:
 
 # What the tests read: the two reference models and llama.cpp's tokenizer vectors.
 test-models:
-	scripts/fetch-models smollm2 qwen05b vocab
+	scripts/fetch-models smollm2 qwen05b gemma270m vocab
 
 # Every test, then the kernels again on their portable (non-SIMD) path.
 test: test-models

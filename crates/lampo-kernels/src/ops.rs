@@ -15,6 +15,14 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `rms_norm` in place, for per-head and post-sublayer norms.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * g;
+    }
+}
+
 /// Softmax in place; numerically stable, the sum taken in f64.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -31,6 +39,12 @@ pub fn softmax(x: &mut [f32]) {
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU with the tanh approximation, as Gemma uses.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// How a rotary embedding pairs up the dimensions of a head.
@@ -101,6 +115,17 @@ mod tests {
     }
 
     #[test]
+    fn rms_norm_in_place_matches_rms_norm() {
+        let x = [0.5f32, -1.5, 2.0, 4.0];
+        let w = [1.0f32, 0.5, 2.0, -1.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        let mut y = x;
+        rms_norm_in_place(&mut y, &w, 1e-6);
+        assert_eq!(y, out);
+    }
+
+    #[test]
     fn softmax_sums_to_one_and_survives_large_values() {
         let mut x = [1000.0f32, 1000.0, -f32::INFINITY];
         softmax(&mut x);
@@ -152,5 +177,7 @@ mod tests {
     fn activations() {
         assert_eq!(silu(0.0), 0.0);
         assert!((silu(2.0) - 1.761_594_2).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-3.0) + 0.003_637_4).abs() < 1e-6);
     }
 }

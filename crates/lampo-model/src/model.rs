@@ -7,12 +7,13 @@ use std::path::Path;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use lampo_kernels::ops::{Rope, rms_norm, silu, softmax};
+use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut;
 use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::{Activations, DType, WeightRef, matmul};
 
 use crate::ModelError;
+use crate::arch::Activation;
 use crate::config::Config;
 use crate::gguf::{GgufFile, TensorInfo};
 
@@ -37,6 +38,14 @@ struct Layer {
     w_gate: Weight,
     w_up: Weight,
     w_down: Weight,
+    /// Per-head norms of queries and keys (`qk_norm` families).
+    qk_norm: Option<[Vec<f32>; 2]>,
+    /// Norms of the attention and feed-forward outputs (`post_norms` families).
+    post_norms: Option<[Vec<f32>; 2]>,
+    /// Keys visible to a query, its own included; `None` is unlimited.
+    window: Option<usize>,
+    /// Sliding-window layers rotate with their own RoPE base.
+    local_rope: bool,
 }
 
 /// A loaded model: hyperparameters plus weights that stay in the file mapping.
@@ -49,6 +58,8 @@ pub struct Model {
     output: Weight,
     layers: Vec<Layer>,
     rope: Rope,
+    /// RoPE of the sliding-window layers, when the family has them.
+    local_rope: Option<Rope>,
     activations: Activations,
 }
 
@@ -115,7 +126,7 @@ impl Model {
     pub fn from_file(file: GgufFile) -> Result<Model, ModelError> {
         let config = Config::from_gguf(&file.gguf)?;
         let c = &config;
-        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let (d, q, kv, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
         let token_embd = weight(&file, "token_embd.weight", d, c.n_vocab)?;
         let output = match file.gguf.tensor("output.weight") {
             Some(_) => weight(&file, "output.weight", d, c.n_vocab)?,
@@ -134,6 +145,27 @@ impl Model {
             } else {
                 None
             };
+            let qk_norm = if c.spec.qk_norm {
+                Some([
+                    vector(&file, &name("attn_q_norm.weight"), hd)?,
+                    vector(&file, &name("attn_k_norm.weight"), hd)?,
+                ])
+            } else {
+                None
+            };
+            let post_norms = if c.spec.post_norms {
+                Some([
+                    vector(&file, &name("post_attention_norm.weight"), d)?,
+                    vector(&file, &name("post_ffw_norm.weight"), d)?,
+                ])
+            } else {
+                None
+            };
+            let local = c
+                .spec
+                .sliding_window
+                .as_ref()
+                .filter(|sw| (i + 1) % sw.pattern != 0);
             layers.push(Layer {
                 attn_norm: vector(&file, &name("attn_norm.weight"), d)?,
                 wq: weight(&file, &name("attn_q.weight"), d, q)?,
@@ -145,9 +177,18 @@ impl Model {
                 w_gate: weight(&file, &name("ffn_gate.weight"), d, ff)?,
                 w_up: weight(&file, &name("ffn_up.weight"), d, ff)?,
                 w_down: weight(&file, &name("ffn_down.weight"), ff, d)?,
+                qk_norm,
+                post_norms,
+                window: local.map(|sw| sw.window),
+                local_rope: local.is_some(),
             });
         }
         let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
+        let local_rope = c
+            .spec
+            .sliding_window
+            .as_ref()
+            .map(|sw| Rope::new(c.spec.rope_style, c.rope_dims, sw.rope_base));
         Ok(Model {
             config,
             file,
@@ -156,6 +197,7 @@ impl Model {
             output,
             layers,
             rope,
+            local_rope,
             activations: Activations::F32,
         })
     }
@@ -228,6 +270,10 @@ impl Model {
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
             embd.dequantize_row_into(t as usize, row);
         }
+        if c.spec.scale_embeddings {
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
 
         let mut h = vec![0f32; n * d];
         let mut q = vec![0f32; n * qd];
@@ -251,10 +297,19 @@ impl Model {
                 add_rows(&mut k, bk);
                 add_rows(&mut v, bv);
             }
+            if let Some([qn, kn]) = &layer.qk_norm {
+                q.chunks_exact_mut(hd)
+                    .for_each(|head| rms_norm_in_place(head, qn, c.rms_eps));
+                k.chunks_exact_mut(hd)
+                    .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
+            }
+            let rope = match (&self.local_rope, layer.local_rope) {
+                (Some(local), true) => local,
+                _ => &self.rope,
+            };
             for i in 0..n {
-                self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
-                self.rope
-                    .apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
+                rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
+                rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
             }
             kv.k[li].extend(k.iter().map(|&x| f16::from_f32(x)));
             kv.v[li].extend(v.iter().map(|&x| f16::from_f32(x)));
@@ -267,9 +322,13 @@ impl Model {
             for x in q.iter_mut() {
                 *x = f16::from_f32(*x).to_f32();
             }
-            self.attention(&q, &keys, &values, past, &mut attn);
+            self.attention(&q, &keys, &values, past, layer.window, &mut attn);
 
             matmul(&self.w(&layer.wo), &attn, &mut proj, self.activations);
+            if let Some([post_attn, _]) = &layer.post_norms {
+                proj.chunks_exact_mut(d)
+                    .for_each(|r| rms_norm_in_place(r, post_attn, c.rms_eps));
+            }
             add_assign(&mut x, &proj);
 
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
@@ -277,10 +336,18 @@ impl Model {
             }
             matmul(&self.w(&layer.w_gate), &h, &mut gate, self.activations);
             matmul(&self.w(&layer.w_up), &h, &mut up, self.activations);
+            let act = match c.spec.activation {
+                Activation::Silu => silu,
+                Activation::GeluTanh => gelu_tanh,
+            };
             for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
+                *g = act(*g) * u;
             }
             matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
+            if let Some([_, post_ffn]) = &layer.post_norms {
+                proj.chunks_exact_mut(d)
+                    .for_each(|r| rms_norm_in_place(r, post_ffn, c.rms_eps));
+            }
             add_assign(&mut x, &proj);
         }
         kv.len = past + n;
@@ -298,8 +365,17 @@ impl Model {
         Ok(out)
     }
 
-    /// Causal attention of the `n` new queries over all `past + n` positions.
-    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], past: usize, out: &mut [f32]) {
+    /// Causal attention of the `n` new queries over the `past + n` positions,
+    /// or the last `window` of them.
+    fn attention(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        past: usize,
+        window: Option<usize>,
+        out: &mut [f32],
+    ) {
         let c = &self.config;
         let (hd, kvd, n_head) = (c.head_dim, c.kv_dim(), c.n_head);
         let group = c.n_head / c.n_head_kv;
@@ -310,7 +386,8 @@ impl Model {
             let kv_off = (head / group) * hd;
             let qv = &q[i * n_head * hd + head * hd..][..hd];
             let seen = past + i + 1;
-            let mut scores: Vec<f32> = (0..seen)
+            let first = window.map_or(0, |w| seen.saturating_sub(w));
+            let mut scores: Vec<f32> = (first..seen)
                 .map(|p| lampo_kernels::simd::dot_f32(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
                 .collect();
             softmax(&mut scores);
@@ -318,7 +395,7 @@ impl Model {
                 *s = f16::from_f32(*s).to_f32();
             }
             o.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
+            for (p, &w) in (first..seen).zip(&scores) {
                 for (acc, &val) in o.iter_mut().zip(&values[p * kvd + kv_off..][..hd]) {
                     *acc += w * val;
                 }

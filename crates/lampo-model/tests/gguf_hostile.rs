@@ -52,7 +52,7 @@ impl Writer {
         for _ in 0..n {
             self.data.extend(fill.to_le_bytes());
         }
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         self.n_tensors += 1;
@@ -65,7 +65,7 @@ impl Writer {
         b.extend(self.n_kv.to_le_bytes());
         b.extend(&self.kvs);
         b.extend(&self.infos);
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.extend(&self.data);

@@ -9,8 +9,5 @@ use crate::gguf::Gguf;
 pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
     // llama.cpp's converter permutes Q and K rows so that rotary pairs are
     // adjacent dimensions.
-    Ok(ArchSpec {
-        rope_style: RopeStyle::Adjacent,
-        qkv_bias: false,
-    })
+    Ok(ArchSpec::llama_like(RopeStyle::Adjacent))
 }

@@ -1,10 +1,10 @@
 //! Architecture families. Each file describes how one family differs from the
 //! common pre-norm decoder in [`crate::model`]; adding a family means adding
 //! a file here and a line to [`spec_for`], plus a field in [`ArchSpec`] (and
-//! its use in the forward pass) for each genuinely new ingredient: per-head
-//! Q/K norms for qwen3, fused QKV for phi3, post-norms, GELU and sliding
-//! windows for gemma3.
+//! its use in the forward pass) for each genuinely new ingredient, such as
+//! fused QKV projections for phi3.
 
+mod gemma3;
 mod llama;
 mod qwen2;
 
@@ -13,21 +13,65 @@ use lampo_kernels::ops::RopeStyle;
 use crate::ModelError;
 use crate::gguf::Gguf;
 
+/// Feed-forward activation of the gated MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+}
+
+/// Local attention on some layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// A query sees the keys of this many positions, its own included.
+    pub window: usize,
+    /// Every `pattern`-th layer (the last of each group) attends globally.
+    pub pattern: usize,
+    /// RoPE base of the local layers.
+    pub rope_base: f32,
+}
+
 /// What distinguishes one architecture family from another.
 #[derive(Clone, Debug)]
 pub struct ArchSpec {
     pub rope_style: RopeStyle,
     /// Q, K and V projections carry bias vectors.
     pub qkv_bias: bool,
+    pub activation: Activation,
+    /// Each query and key head is RMS-normalised before its rotation.
+    pub qk_norm: bool,
+    /// The attention and feed-forward outputs are RMS-normalised before
+    /// they join the residual stream.
+    pub post_norms: bool,
+    /// Token embeddings are multiplied by the square root of the width.
+    pub scale_embeddings: bool,
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+impl ArchSpec {
+    /// The plain Llama recipe with the given rotary layout.
+    pub fn llama_like(rope_style: RopeStyle) -> ArchSpec {
+        ArchSpec {
+            rope_style,
+            qkv_bias: false,
+            activation: Activation::Silu,
+            qk_norm: false,
+            post_norms: false,
+            scale_embeddings: false,
+            sliding_window: None,
+        }
+    }
 }
 
 /// The families Lampo runs.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "gemma3"];
 
 pub fn spec_for(arch: &str, g: &Gguf) -> Result<ArchSpec, ModelError> {
     match arch {
         "llama" => llama::spec(g),
         "qwen2" => qwen2::spec(g),
+        "gemma3" => gemma3::spec(g),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }
 }

@@ -8,7 +8,7 @@ use crate::gguf::Gguf;
 
 pub fn spec(_: &Gguf) -> Result<ArchSpec, ModelError> {
     Ok(ArchSpec {
-        rope_style: RopeStyle::Halves,
         qkv_bias: true,
+        ..ArchSpec::llama_like(RopeStyle::Halves)
     })
 }

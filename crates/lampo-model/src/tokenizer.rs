@@ -80,6 +80,15 @@ pub const SUPPORTED_PRE: &[&str] = &[
     "command-r",
 ];
 
+/// What each vocabulary style contributes to a `tokenizers::Tokenizer`,
+/// plus the bytes each token decodes to.
+struct Parts {
+    bpe: BPE,
+    bytes: Vec<Vec<u8>>,
+    normalizer: Option<NormalizerWrapper>,
+    pre_tokenizer: Option<PreTokenizerWrapper>,
+}
+
 pub struct Tokenizer {
     /// Splits control tokens out of the text (`parse_special`).
     with_special: tokenizers::Tokenizer,
@@ -189,7 +198,12 @@ impl Tokenizer {
                 None => vec![TokenKind::Normal; n],
             };
 
-        let (model_wrapper, bytes, normalizer, pre_tokenizer) = match model.as_str() {
+        let Parts {
+            bpe,
+            bytes,
+            normalizer,
+            pre_tokenizer,
+        } = match model.as_str() {
             "gpt2" => Self::byte_level_bpe(g, &tokens, &kinds, pre.as_deref())?,
             "llama" => Self::sentencepiece_bpe(g, &tokens, &kinds)?,
             other => {
@@ -199,7 +213,7 @@ impl Tokenizer {
             }
         };
 
-        let mut tk = tokenizers::Tokenizer::new(model_wrapper);
+        let mut tk = tokenizers::Tokenizer::new(bpe);
         tk.with_normalizer(normalizer);
         tk.with_pre_tokenizer(pre_tokenizer);
         let added: Vec<AddedToken> = tokens
@@ -260,21 +274,12 @@ impl Tokenizer {
         })
     }
 
-    #[allow(clippy::type_complexity)]
     fn byte_level_bpe(
         g: &Gguf,
         tokens: &[&str],
         kinds: &[TokenKind],
         pre: Option<&str>,
-    ) -> Result<
-        (
-            BPE,
-            Vec<Vec<u8>>,
-            Option<NormalizerWrapper>,
-            Option<PreTokenizerWrapper>,
-        ),
-        ModelError,
-    > {
+    ) -> Result<Parts, ModelError> {
         let pre_name = pre.unwrap_or("default");
         let regexes = pre_tokenizer_regexes(pre_name).ok_or_else(|| {
             ModelError::Tokenizer(format!(
@@ -332,23 +337,19 @@ impl Tokenizer {
                     .collect(),
             })
             .collect();
-        Ok((bpe, bytes, None, Some(pre_tokenizer)))
+        Ok(Parts {
+            bpe,
+            bytes,
+            normalizer: None,
+            pre_tokenizer: Some(pre_tokenizer),
+        })
     }
 
-    #[allow(clippy::type_complexity)]
     fn sentencepiece_bpe(
         g: &Gguf,
         tokens: &[&str],
         kinds: &[TokenKind],
-    ) -> Result<
-        (
-            BPE,
-            Vec<Vec<u8>>,
-            Option<NormalizerWrapper>,
-            Option<PreTokenizerWrapper>,
-        ),
-        ModelError,
-    > {
+    ) -> Result<Parts, ModelError> {
         let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
             Some(s) if s.len() == tokens.len() => {
                 s.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
@@ -412,7 +413,12 @@ impl Tokenizer {
                 _ => t.as_bytes().to_vec(),
             })
             .collect();
-        Ok((bpe, bytes, Some(normalizer), None))
+        Ok(Parts {
+            bpe,
+            bytes,
+            normalizer: Some(normalizer),
+            pre_tokenizer: None,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {

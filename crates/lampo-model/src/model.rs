@@ -43,9 +43,8 @@ struct Layer {
     /// Norms of the attention and feed-forward outputs (`post_norms` families).
     post_norms: Option<[Vec<f32>; 2]>,
     /// Keys visible to a query, its own included; `None` is unlimited.
+    /// Sliding-window layers also rotate with their own RoPE base.
     window: Option<usize>,
-    /// Sliding-window layers rotate with their own RoPE base.
-    local_rope: bool,
 }
 
 /// A loaded model: hyperparameters plus weights that stay in the file mapping.
@@ -180,7 +179,6 @@ impl Model {
                 qk_norm,
                 post_norms,
                 window: local.map(|sw| sw.window),
-                local_rope: local.is_some(),
             });
         }
         let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
@@ -219,21 +217,6 @@ impl Model {
             cols: w.cols,
             data,
         }
-    }
-
-    /// Bytes of weights one decode step reads (every matrix once).
-    pub fn weight_bytes(&self) -> usize {
-        let per_layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|w| w.size)
-                    .sum::<usize>()
-            })
-            .sum();
-        per_layer + self.output.size
     }
 
     /// Runs `tokens` at the positions after those already in `kv`, appends
@@ -303,8 +286,8 @@ impl Model {
                 k.chunks_exact_mut(hd)
                     .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
             }
-            let rope = match (&self.local_rope, layer.local_rope) {
-                (Some(local), true) => local,
+            let rope = match (&self.local_rope, layer.window) {
+                (Some(local), Some(_)) => local,
                 _ => &self.rope,
             };
             for i in 0..n {

@@ -52,10 +52,6 @@ impl<'m> Session<'m> {
         }
     }
 
-    pub fn context_size(&self) -> usize {
-        self.kv.capacity()
-    }
-
     /// Generates a continuation of `prompt`, calling `on_text` with each
     /// complete piece of text; returning `false` from it stops generation.
     /// Whatever prefix of `prompt` is already cached is not recomputed.

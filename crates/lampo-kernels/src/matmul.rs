@@ -68,7 +68,7 @@ pub fn matmul(w: &WeightRef, x: &[f32], out: &mut [f32], acts: Activations) {
     let out_ptr = OutPtr(out.as_mut_ptr());
     if acts == Activations::Q8 && w.dtype.act_format().is_some() {
         // Quantize each activation row once; every weight row reuses it.
-        let acts: Vec<_> = x
+        let quantized: Vec<_> = x
             .chunks_exact(cols)
             .map(|xt| quantize_row_for(w.dtype, xt).expect("quantized format"))
             .collect();
@@ -77,7 +77,7 @@ pub fn matmul(w: &WeightRef, x: &[f32], out: &mut [f32], acts: Activations) {
             let out_ptr = &out_ptr;
             for r in range {
                 let row = w.row(r);
-                for (t, a) in acts.iter().enumerate() {
+                for (t, a) in quantized.iter().enumerate() {
                     let v = dot_quantized(w.dtype, row, a);
                     // SAFETY: as below: in bounds, and rows are disjoint per thread.
                     unsafe { *out_ptr.0.add(t * rows + r) = v };

@@ -7,8 +7,6 @@
 
 use half::{bf16, f16};
 
-use crate::simd::dot_f32;
-
 /// A tensor element format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -299,32 +297,6 @@ pub fn dequantize_row(ty: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Dot product of a row stored as `ty` with f32 activations `x`.
-pub fn dot_row(ty: DType, src: &[u8], x: &[f32]) -> f32 {
-    let (len, bytes) = (ty.block_len(), ty.block_bytes());
-    assert_eq!(
-        src.len(),
-        x.len() / len * bytes,
-        "{ty}: row bytes do not match value count"
-    );
-    if ty == DType::F32 {
-        let mut w = vec![0f32; x.len()];
-        dequantize_row(ty, src, &mut w);
-        return dot_f32(&w, x);
-    }
-    // Blocks are dequantized in groups into a stack buffer, then dotted.
-    let group = (QK_K / len).max(1) * len;
-    let group_bytes = group / len * bytes;
-    let mut buf = [0f32; QK_K];
-    let mut sum = 0f32;
-    for (xs, bs) in x.chunks(group).zip(src.chunks(group_bytes)) {
-        let w = &mut buf[..xs.len()];
-        dequantize_row(ty, bs, w);
-        sum += dot_f32(w, xs);
-    }
-    sum
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -543,30 +515,6 @@ pub(crate) mod tests {
                 .flat_map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes())
                 .collect(),
             _ => row,
-        }
-    }
-
-    #[test]
-    fn dot_row_equals_dequantized_dot() {
-        for ty in DType::ALL {
-            for blocks in [1usize, 3, 5] {
-                let n = blocks * ty.block_len().max(32);
-                let row = random_row(ty, n, n as u64 + ty.ggml_id() as u64);
-                let x: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-                let mut w = vec![0f32; n];
-                dequantize_row(ty, &row, &mut w);
-                let want: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let got = dot_row(ty, &row, &x) as f64;
-                let scale: f64 = w
-                    .iter()
-                    .zip(&x)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
-                assert!(
-                    (got - want).abs() <= 1e-5 * scale.max(1.0),
-                    "{ty} n={n}: got {got}, want {want}"
-                );
-            }
         }
     }
 }

@@ -2,12 +2,15 @@
 //! products, matrix multiplication and the elementwise ops of a transformer.
 //! Knows nothing about models.
 
+pub mod bandwidth;
 pub mod matmul;
 pub mod ops;
 pub mod parallel;
 pub mod qdot;
 pub mod quant;
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
-pub use matmul::{Activations, WeightRef, matmul};
+pub use matmul::{Activations, WeightRef, matmul, matmul_many};
 pub use quant::DType;

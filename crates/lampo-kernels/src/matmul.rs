@@ -1,8 +1,12 @@
 //! Matrix multiplication of quantized weights with f32 activations.
 
-use crate::parallel::for_each_range;
-use crate::qdot::{dot_quantized, quantize_row_for};
-use crate::quant::{DType, dequantize_row};
+use std::ops::Range;
+
+use crate::parallel::{for_each_chunk_mut, for_each_range};
+use crate::qdot::{
+    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, RowDots, quantize_q8_into, quantize_q8k_into,
+};
+use crate::quant::{DType, QK_K, dequantize_row};
 use crate::simd::dot_f32;
 
 /// A weight matrix of `rows` × `cols` stored row-major as `dtype` in `data`.
@@ -34,81 +38,170 @@ impl<'a> WeightRef<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Activations {
     /// Weights are dequantized and dotted with f32 activations: the most
-    /// accurate choice.
-    #[default]
+    /// accurate choice, and several times slower.
     F32,
     /// Activations are quantized to 8-bit blocks once per matmul and dotted
-    /// with integer arithmetic, as GGML does: its numerics, bit for bit in scheme.
+    /// with integer arithmetic, as GGML does (with f32 rather than f16 block
+    /// scales, which loses less).
+    #[default]
     Q8,
 }
 
-/// Rows dequantized together, so each activation vector is read once per tile
-/// rather than once per row.
+/// Rows dequantized together on the f32 path, so each activation vector is
+/// read once per tile rather than once per row.
 const TILE_ROWS: usize = 8;
 
+/// Rows of quantized weights whose blocks stay in L1 while every group of
+/// tokens passes over them.
+const INT_TILE_ROWS: usize = 16;
+
 /// Raw output pointer shared by threads that write disjoint elements.
+#[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
 
 /// `out[t][r] = sum_c w[r][c] * x[t][c]` for `n = x.len() / cols` tokens.
 /// `x` is `n × cols`, `out` is `n × rows`, both row-major.
 pub fn matmul(w: &WeightRef, x: &[f32], out: &mut [f32], acts: Activations) {
-    let (rows, cols) = (w.rows, w.cols);
+    matmul_many(x, &mut [(*w, out)], acts);
+}
+
+/// Several matmuls of the same input (a layer's Q, K and V, or its gate and
+/// up projections) in one parallel region: the input is quantized once and
+/// threads split the rows of all of them, so there is one sync, not three.
+pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activations) {
+    let Some(cols) = jobs.first().map(|(w, _)| w.cols) else {
+        return;
+    };
     assert!(
         cols > 0 && x.len().is_multiple_of(cols),
         "activations are not whole rows of {cols}"
     );
     let n = x.len() / cols;
-    assert_eq!(out.len(), n * rows, "output is not {n} x {rows}");
-    assert_eq!(
-        w.data.len(),
-        rows * w.row_bytes(),
-        "weight bytes do not match its shape"
-    );
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    if acts == Activations::Q8 && w.dtype.act_format().is_some() {
-        // Quantize each activation row once; every weight row reuses it.
-        let quantized: Vec<_> = x
-            .chunks_exact(cols)
-            .map(|xt| quantize_row_for(w.dtype, xt).expect("quantized format"))
-            .collect();
-        let min_rows = (4096 / (cols * n / 32).max(1)).max(4);
-        for_each_range(rows, 1, min_rows, |range| {
-            let out_ptr = &out_ptr;
-            for r in range {
-                let row = w.row(r);
-                for (t, a) in quantized.iter().enumerate() {
-                    let v = dot_quantized(w.dtype, row, a);
-                    // SAFETY: as below: in bounds, and rows are disjoint per thread.
-                    unsafe { *out_ptr.0.add(t * rows + r) = v };
-                }
-            }
-        });
-        return;
+    for (w, out) in jobs.iter() {
+        assert_eq!(w.cols, cols, "matmuls of one input differ in width");
+        assert_eq!(out.len(), n * w.rows, "output is not {n} x {}", w.rows);
+        assert_eq!(
+            w.data.len(),
+            w.rows * w.row_bytes(),
+            "weight bytes do not match its shape"
+        );
     }
-    // Below a few rows per thread the spawn costs more than the work.
-    let min_rows = (16384 / (cols * n).max(1)).max(TILE_ROWS);
-    for_each_range(rows, TILE_ROWS, min_rows, |range| {
-        let out_ptr = &out_ptr;
-        let mut tile = vec![0f32; TILE_ROWS * cols];
-        let mut r0 = range.start;
-        while r0 < range.end {
-            let r1 = (r0 + TILE_ROWS).min(range.end);
-            for r in r0..r1 {
-                w.dequantize_row_into(r, &mut tile[(r - r0) * cols..(r - r0 + 1) * cols]);
+    let integer = |w: &WeightRef| acts == Activations::Q8 && w.dtype.act_format().is_some();
+    let wants = |f: ActFormat| jobs.iter().any(|(w, _)| integer(w) && w.dtype.act_format() == Some(f));
+    let q8 = if wants(ActFormat::Q8) {
+        quantize_rows(x, cols, 32, Q8Block::ZERO, quantize_q8_into)
+    } else {
+        Vec::new()
+    };
+    let q8k = if wants(ActFormat::Q8K) {
+        quantize_rows(x, cols, QK_K, Q8KBlock::ZERO, quantize_q8k_into)
+    } else {
+        Vec::new()
+    };
+    let kernels = RowDots::detected();
+    let parts: Vec<(WeightRef, OutPtr)> = jobs
+        .iter_mut()
+        .map(|(w, out)| (*w, OutPtr(out.as_mut_ptr())))
+        .collect();
+    let total: usize = parts.iter().map(|(w, _)| w.rows).sum();
+    // Below this many rows per thread, the sync costs more than the work.
+    let min_rows = (32768 / (cols * n)).max(INT_TILE_ROWS);
+    for_each_range(total, INT_TILE_ROWS, min_rows, |range| {
+        let mut base = 0;
+        for (w, out) in &parts {
+            let (lo, hi) = (range.start.max(base), range.end.min(base + w.rows));
+            if lo < hi {
+                let rows = lo - base..hi - base;
+                let result = match (integer(w), kernels.q8(w.dtype), kernels.q8k(w.dtype)) {
+                    (true, Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
+                    (true, _, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
+                    _ => float_rows(w, x, rows, *out),
+                };
+                result
             }
-            for (t, xt) in x.chunks_exact(cols).enumerate() {
-                for r in r0..r1 {
-                    let v = dot_f32(&tile[(r - r0) * cols..(r - r0 + 1) * cols], xt);
-                    // SAFETY: `t < n` and `r < rows`, so the index is in bounds, and
-                    // each thread owns a disjoint range of rows, so no two threads
-                    // write the same element.
-                    unsafe { *out_ptr.0.add(t * rows + r) = v };
-                }
-            }
-            r0 = r1;
+            base += w.rows;
         }
     });
+}
+
+/// Each row of `x` quantized to blocks of `block` values, in parallel for
+/// prompts long enough to pay for it.
+fn quantize_rows<B: Copy + Send>(
+    x: &[f32],
+    cols: usize,
+    block: usize,
+    zero: B,
+    quantize: fn(&[f32], &mut [B]),
+) -> Vec<B> {
+    let per_row = cols / block;
+    let mut blocks = vec![zero; x.len() / block];
+    let n = x.len() / cols;
+    if n < 16 {
+        for (xt, bt) in x.chunks_exact(cols).zip(blocks.chunks_exact_mut(per_row)) {
+            quantize(xt, bt);
+        }
+    } else {
+        for_each_chunk_mut(&mut blocks, per_row, |t, bt| {
+            quantize(&x[t * cols..(t + 1) * cols], bt)
+        });
+    }
+    blocks
+}
+
+/// Rows `rows` of `w` against all `n` quantized activation rows, a tile of
+/// weight rows at a time and up to `MAX_TOKENS` tokens per kernel call.
+fn integer_rows<B>(
+    w: &WeightRef,
+    acts: &[B],
+    kernel: fn(&[u8], &[B], &mut [f32]),
+    n: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    let per_row = acts.len() / n;
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + INT_TILE_ROWS).min(rows.end);
+        let mut t0 = 0;
+        while t0 < n {
+            let nt = (n - t0).min(MAX_TOKENS);
+            let a = &acts[t0 * per_row..(t0 + nt) * per_row];
+            for r in r0..r1 {
+                let mut res = [0f32; MAX_TOKENS];
+                kernel(w.row(r), a, &mut res[..nt]);
+                for (t, v) in res[..nt].iter().enumerate() {
+                    // SAFETY: `t0 + t < n` and `r < rows`, so the index is in
+                    // bounds, and each thread owns a disjoint range of rows.
+                    unsafe { *out.0.add((t0 + t) * w.rows + r) = *v };
+                }
+            }
+            t0 += nt;
+        }
+        r0 = r1;
+    }
+}
+
+/// Rows `rows` of `w` dequantized to f32 and dotted with f32 activations.
+fn float_rows(w: &WeightRef, x: &[f32], rows: Range<usize>, out: OutPtr) {
+    let cols = w.cols;
+    let mut tile = vec![0f32; TILE_ROWS * cols];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + TILE_ROWS).min(rows.end);
+        for r in r0..r1 {
+            w.dequantize_row_into(r, &mut tile[(r - r0) * cols..(r - r0 + 1) * cols]);
+        }
+        for (t, xt) in x.chunks_exact(cols).enumerate() {
+            for r in r0..r1 {
+                let v = dot_f32(&tile[(r - r0) * cols..(r - r0 + 1) * cols], xt);
+                // SAFETY: as in `integer_rows`.
+                unsafe { *out.0.add(t * w.rows + r) = v };
+            }
+        }
+        r0 = r1;
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,27 @@
-//! Splitting work across threads.
+//! Splitting work across threads with a persistent pool.
 //!
-//! Scoped threads per call: simple and correct. A persistent pool with cheaper
-//! synchronisation is the job of the CPU speed work.
+//! Decode runs a few hundred parallel regions per token (every matmul and
+//! attention of every layer), so spawning threads per region or parking them
+//! between regions costs more than the work. Workers instead spin on a
+//! generation counter for a short while after each job and only then sleep
+//! on a condition variable; the calling thread takes a share of every job.
 
+use std::cell::{Cell, UnsafeCell};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets the number of threads kernels use (0 means one per available core).
+/// How long an idle worker spins before it sleeps: longer than the gaps
+/// between regions of one forward pass, short enough not to burn a core
+/// between requests.
+const SPIN: Duration = Duration::from_micros(300);
+
+/// Sets the number of threads kernels use (0 means one per physical core).
 pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
@@ -16,8 +29,231 @@ pub fn set_threads(n: usize) {
 /// The number of threads kernels use.
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => physical_cores(),
         n => n,
+    }
+}
+
+/// Physical cores: a second hardware thread of a core shares its execution
+/// units and cache, so it adds sync cost but little speed to these kernels.
+pub fn physical_cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return logical;
+        };
+        let mut cores = std::collections::HashSet::new();
+        let mut package = "";
+        for line in info.lines() {
+            let mut kv = line.splitn(2, ':').map(str::trim);
+            match (kv.next(), kv.next()) {
+                (Some("physical id"), Some(v)) => package = v,
+                (Some("core id"), Some(v)) => {
+                    cores.insert((package.to_string(), v.to_string()));
+                }
+                _ => {}
+            }
+        }
+        // Containers may limit the CPUs below what /proc/cpuinfo lists.
+        match cores.len() {
+            0 => logical,
+            n => n.min(logical),
+        }
+    })
+}
+
+/// A job as the workers see it: a borrowed closure whose lifetime the caller
+/// guarantees by waiting for every worker before returning.
+type Job = *const (dyn Fn(usize, usize) + Sync);
+
+struct Shared {
+    generation: AtomicU64,
+    /// The current job and how many threads (the caller included) take part.
+    job: UnsafeCell<(Option<Job>, usize)>,
+    /// Workers that have not yet finished the current generation.
+    pending: AtomicUsize,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    sleepers: AtomicUsize,
+    sleep_lock: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `job` is written only by the caller holding the pool's lock while
+// no worker reads it (before the generation is bumped), and read by workers
+// only after they observe the bump.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            job: UnsafeCell::new((None, 0)),
+            pending: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            sleep_lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|index| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("lampo-worker-{index}"))
+                    .spawn(move || worker(&shared, index))
+                    .expect("spawning a kernel thread")
+            })
+            .collect();
+        Pool { shared, workers }
+    }
+
+    fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    fn bump_and_wake(&self) {
+        let s = &self.shared;
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+    }
+
+    /// Runs `f(index, n)` on `n` threads, this one as index 0.
+    fn run(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let s = &self.shared;
+        // SAFETY: erasing the lifetime is sound because `Wait` below does not
+        // let this function return (or unwind) before every worker is done.
+        let job: Job = unsafe { std::mem::transmute(f) };
+        // SAFETY: no worker reads `job` until the generation changes.
+        unsafe { *s.job.get() = (Some(job), n) };
+        s.pending.store(self.workers.len(), Ordering::SeqCst);
+        self.bump_and_wake();
+
+        struct Wait<'a>(&'a Shared);
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                let mut spins = 0u32;
+                while self.0.pending.load(Ordering::Acquire) != 0 {
+                    spins += 1;
+                    if spins < 1 << 16 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        let wait = Wait(s);
+        f(0, n);
+        drop(wait);
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a kernel worker thread panicked");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.bump_and_wake();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+thread_local! {
+    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+fn worker(s: &Shared, index: usize) {
+    IN_WORKER.with(|w| w.set(true));
+    let mut seen = 0u64;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 256 != 0 || start.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut guard = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            while s.generation.load(Ordering::SeqCst) == seen {
+                guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+        if s.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: the caller wrote the job before bumping the generation we saw,
+        // and keeps it alive until `pending` reaches zero.
+        let (job, n) = unsafe { *s.job.get() };
+        if let Some(job) = job
+            && index < n
+        {
+            // SAFETY: as above, the closure outlives this call.
+            let f = unsafe { &*job };
+            if catch_unwind(AssertUnwindSafe(|| f(index, n))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+        }
+        s.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+/// The pool, sized to `threads()`, unless another thread is using it.
+fn acquire_pool() -> Option<MutexGuard<'static, Option<Pool>>> {
+    if IN_WORKER.with(|w| w.get()) {
+        return None;
+    }
+    let mut guard = match POOL.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        // Busy (another caller, or a nested call on this thread): run inline.
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    let want = threads();
+    if guard.as_ref().is_none_or(|p| p.threads() != want) {
+        *guard = None;
+        *guard = Some(Pool::new(want));
+    }
+    Some(guard)
+}
+
+/// Runs `f(index, n)` for `index` in `0..n` on up to `n` threads of the pool
+/// (`n` is capped at the pool size); returns when all are done.
+pub fn run_on_threads(n: usize, f: impl Fn(usize, usize) + Sync) {
+    let n = n.clamp(1, threads());
+    if n == 1 {
+        f(0, 1);
+        return;
+    }
+    match acquire_pool() {
+        Some(guard) => {
+            let pool = guard.as_ref().expect("pool was just created");
+            pool.run(n.min(pool.threads()), &f);
+        }
+        None => f(0, 1),
     }
 }
 
@@ -30,43 +266,46 @@ pub fn for_each_range(
     min_per_thread: usize,
     f: impl Fn(Range<usize>) + Sync,
 ) {
-    let threads = threads().min(n.div_ceil(min_per_thread.max(1))).max(1);
-    if threads == 1 {
-        f(0..n);
-        return;
-    }
+    let want = threads().min(n.div_ceil(min_per_thread.max(1))).max(1);
     let align = align.max(1);
-    let per = n.div_ceil(threads).div_ceil(align) * align;
-    std::thread::scope(|s| {
-        let f = &f;
-        let mut start = per.min(n);
-        while start < n {
-            let end = (start + per).min(n);
-            s.spawn(move || f(start..end));
-            start = end;
+    run_on_threads(want, |i, threads| {
+        let per = n.div_ceil(threads).div_ceil(align) * align;
+        let start = (i * per).min(n);
+        let end = if i + 1 == threads {
+            n
+        } else {
+            (start + per).min(n)
+        };
+        if start < end {
+            f(start..end);
         }
-        f(0..per.min(n));
     });
 }
 
+/// Raw pointer to a buffer whose disjoint parts threads write.
+struct SharedMut<T>(*mut T);
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
 /// Splits `out` into `chunk`-long pieces and runs `f(index, piece)` on each,
-/// the pieces spread across threads in contiguous runs.
-pub fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let pieces = out.len() / chunk.max(1);
-    let threads = threads().min(pieces).max(1);
-    if threads == 1 {
-        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-        return;
-    }
-    let per = pieces.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (t, run) in out.chunks_mut(per * chunk).enumerate() {
-            s.spawn(move || {
-                for (i, c) in run.chunks_mut(chunk).enumerate() {
-                    f(t * per + i, c);
-                }
-            });
+/// the pieces spread across threads in contiguous runs; the last piece may
+/// be shorter.
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let pieces = out.len().div_ceil(chunk);
+    let len = out.len();
+    let ptr = SharedMut(out.as_mut_ptr());
+    for_each_range(pieces, 1, 1, |range| {
+        let ptr = &ptr;
+        for i in range {
+            let end = ((i + 1) * chunk).min(len);
+            // SAFETY: each piece index goes to exactly one thread, so the
+            // slices are disjoint, and all lie inside `out`.
+            let piece = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
+            f(i, piece);
         }
     });
 }
@@ -78,15 +317,71 @@ mod tests {
 
     #[test]
     fn ranges_cover_everything_once() {
-        for n in [0usize, 1, 5, 64, 1000] {
-            let seen = Mutex::new(vec![0u32; n]);
-            for_each_range(n, 8, 1, |r| {
-                let mut s = seen.lock().unwrap();
-                for i in r {
-                    s[i] += 1;
-                }
-            });
-            assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1), "n={n}");
+        for threads in [1, 2, 3, 5] {
+            set_threads(threads);
+            for n in [0usize, 1, 5, 64, 1000] {
+                let seen = Mutex::new(vec![0u32; n]);
+                for_each_range(n, 8, 1, |r| {
+                    let mut s = seen.lock().unwrap();
+                    for i in r {
+                        s[i] += 1;
+                    }
+                });
+                assert!(
+                    seen.into_inner().unwrap().iter().all(|&c| c == 1),
+                    "n={n} threads={threads}"
+                );
+            }
         }
+        set_threads(0);
+    }
+
+    #[test]
+    fn chunks_are_disjoint_and_complete() {
+        let mut v = vec![0usize; 1003];
+        for_each_chunk_mut(&mut v, 10, |i, piece| {
+            for x in piece.iter_mut() {
+                *x += i + 1;
+            }
+        });
+        for (j, x) in v.iter().enumerate() {
+            assert_eq!(*x, j / 10 + 1, "at {j}");
+        }
+    }
+
+    /// Many short regions in a row, as a decode step runs them, and nested
+    /// calls (which run inline) all complete.
+    #[test]
+    fn many_regions_and_nesting_complete() {
+        let total = AtomicUsize::new(0);
+        for _ in 0..2000 {
+            for_each_range(64, 1, 1, |r| {
+                for_each_range(r.len(), 1, 1, |inner| {
+                    total.fetch_add(inner.len(), Ordering::Relaxed);
+                });
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 2000 * 64);
+    }
+
+    #[test]
+    fn a_panicking_job_panics_the_caller_and_the_pool_survives() {
+        set_threads(2);
+        let r = std::panic::catch_unwind(|| {
+            run_on_threads(2, |i, n| {
+                if i + 1 == n {
+                    panic!("boom");
+                }
+            })
+        });
+        // The last index panics whether the pool ran the job or (when
+        // another test holds it) this thread ran it alone.
+        assert!(r.is_err());
+        let hits = AtomicUsize::new(0);
+        run_on_threads(2, |_, _| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.load(Ordering::Relaxed) >= 1);
+        set_threads(0);
     }
 }

@@ -10,7 +10,7 @@ use half::slice::HalfFloatSliceExt;
 use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut;
 use lampo_kernels::quant::dequantize_row;
-use lampo_kernels::{Activations, DType, WeightRef, matmul};
+use lampo_kernels::{Activations, DType, WeightRef, matmul, matmul_many};
 
 use crate::ModelError;
 use crate::arch::Activation;
@@ -196,17 +196,38 @@ impl Model {
             layers,
             rope,
             local_rope,
-            activations: Activations::F32,
+            activations: Activations::default(),
         })
     }
 
-    /// Chooses how matmuls treat activations (f32 by default).
+    /// Chooses how matmuls treat activations (8-bit integer dots by default).
     pub fn set_activations(&mut self, activations: Activations) {
         self.activations = activations;
     }
 
     pub fn file(&self) -> &GgufFile {
         &self.file
+    }
+
+    /// Bytes of weights one decode step reads: every layer's matrices and
+    /// the output matrix (the single embedding row it also reads aside).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|w| w.size)
+                    .sum::<usize>()
+            })
+            .sum();
+        (layers + self.output.size) as u64
+    }
+
+    /// Bytes of KV cache per position (keys and values of every layer, f16).
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        (2 * self.config.n_layer * self.config.kv_dim() * 2) as u64
     }
 
     fn w(&self, w: &Weight) -> WeightRef<'_> {
@@ -272,9 +293,15 @@ impl Model {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
             }
-            matmul(&self.w(&layer.wq), &h, &mut q, self.activations);
-            matmul(&self.w(&layer.wk), &h, &mut k, self.activations);
-            matmul(&self.w(&layer.wv), &h, &mut v, self.activations);
+            matmul_many(
+                &h,
+                &mut [
+                    (self.w(&layer.wq), &mut q[..]),
+                    (self.w(&layer.wk), &mut k[..]),
+                    (self.w(&layer.wv), &mut v[..]),
+                ],
+                self.activations,
+            );
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_rows(&mut q, bq);
                 add_rows(&mut k, bk);
@@ -317,8 +344,14 @@ impl Model {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.ffn_norm, c.rms_eps, hr);
             }
-            matmul(&self.w(&layer.w_gate), &h, &mut gate, self.activations);
-            matmul(&self.w(&layer.w_up), &h, &mut up, self.activations);
+            matmul_many(
+                &h,
+                &mut [
+                    (self.w(&layer.w_gate), &mut gate[..]),
+                    (self.w(&layer.w_up), &mut up[..]),
+                ],
+                self.activations,
+            );
             let act = match c.spec.activation {
                 Activation::Silu => silu,
                 Activation::GeluTanh => gelu_tanh,

@@ -1,0 +1,226 @@
+//! `lampo bench`: prompt processing and generation speed, measured the way
+//! llama-bench measures it so the two can be compared: random tokens (no
+//! tokenizer), an empty context per repetition, one warm-up run, and mean ±
+//! standard deviation of tokens per second over the repetitions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use lampo_kernels::Activations;
+use lampo_kernels::bandwidth::read_bandwidth;
+use lampo_kernels::parallel::{set_threads, threads};
+use lampo_kernels::qdot::RowDots;
+use lampo_model::{KvCache, Logits, Model};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model file or name (smollm2, qwen05b, qwen15b, gemma270m); default smollm2
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Prompt tokens processed in one batch (0 skips the test)
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated one at a time (0 skips the test)
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    repetitions: usize,
+    /// Threads (default: one per physical core)
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Dot weights with f32 activations instead of 8-bit ones
+    #[arg(long)]
+    f32_activations: bool,
+    /// Print JSON instead of a Markdown table
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchArgs {
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
+/// One test's result.
+struct Measured {
+    test: String,
+    tokens: usize,
+    samples: Vec<f64>,
+}
+
+impl Measured {
+    fn mean(&self) -> f64 {
+        self.samples.iter().sum::<f64>() / self.samples.len() as f64
+    }
+
+    /// Sample standard deviation, as llama-bench reports it.
+    fn std(&self) -> f64 {
+        let n = self.samples.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let m = self.mean();
+        (self.samples.iter().map(|s| (s - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    }
+}
+
+/// A small deterministic generator for token ids.
+struct Tokens(u64);
+
+impl Tokens {
+    fn next(&mut self, n_vocab: usize) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n_vocab as u64) as u32
+    }
+}
+
+fn prompt_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
+    let tokens: Vec<u32> = (0..n).map(|_| rng.next(model.config.n_vocab)).collect();
+    let mut kv = KvCache::new(&model.config, n);
+    let start = Instant::now();
+    model.forward(&tokens, &mut kv, Logits::Last)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn gen_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
+    let mut kv = KvCache::new(&model.config, n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = rng.next(model.config.n_vocab);
+        model.forward(&[t], &mut kv, Logits::Last)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    set_threads(a.threads);
+    let threads = threads();
+    let mut model = Model::load(path)?;
+    if a.f32_activations {
+        model.set_activations(Activations::F32);
+    }
+    let ctx = model.config.n_ctx_train.max(1);
+    if a.n_prompt > ctx || a.n_gen > ctx {
+        bail!("tests longer than the model's context of {ctx} tokens");
+    }
+    let mut rng = Tokens(0x2545_F491_4F6C_DD1D);
+    // Warm-up, as llama-bench does: a full prompt and one generated token.
+    if a.n_prompt > 0 {
+        prompt_run(&model, a.n_prompt, &mut rng)?;
+    }
+    if a.n_gen > 0 {
+        gen_run(&model, 1, &mut rng)?;
+    }
+    let mut results = Vec::new();
+    for (test, n, f) in [
+        ("pp", a.n_prompt, prompt_run as fn(&Model, usize, &mut Tokens) -> Result<f64>),
+        ("tg", a.n_gen, gen_run),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        let mut samples = Vec::new();
+        for _ in 0..a.repetitions {
+            samples.push(n as f64 / f(&model, n, &mut rng)?);
+        }
+        results.push(Measured {
+            test: format!("{test}{n}"),
+            tokens: n,
+            samples,
+        });
+    }
+    let rss = peak_rss();
+    let bandwidth = read_bandwidth(1 << 29, 5, threads);
+    let weights = model.weight_bytes_per_token();
+    // Generation reads every weight once per token, plus the KV cache of
+    // the positions so far (on average half the generated length).
+    let decode_bytes = |n: usize| weights + model.kv_bytes_per_position() * n as u64 / 2;
+    let file_bytes = std::fs::metadata(path)?.len();
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let acts = if a.f32_activations { "f32" } else { "q8" };
+
+    if a.json {
+        let tests: Vec<_> = results
+            .iter()
+            .map(|m| {
+                let bw = m.test.starts_with("tg").then(|| decode_bytes(m.tokens) as f64 * m.mean());
+                serde_json::json!({
+                    "test": m.test,
+                    "n_tokens": m.tokens,
+                    "avg_ts": m.mean(),
+                    "stddev_ts": m.std(),
+                    "samples_ts": m.samples,
+                    "decode_bytes_per_s": bw,
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "model": name,
+            "file_bytes": file_bytes,
+            "weight_bytes_per_token": weights,
+            "threads": threads,
+            "activations": acts,
+            "kernels": RowDots::detected().isa,
+            "read_bandwidth_bytes_per_s": bandwidth,
+            "peak_rss_bytes": rss,
+            "tests": tests,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    let gb = |b: f64| b / 1e9;
+    println!("| model | size | threads | kernels | test | t/s | decode GB/s | of bandwidth |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for m in &results {
+        let (bw, frac) = if m.test.starts_with("tg") {
+            let b = decode_bytes(m.tokens) as f64 * m.mean();
+            (format!("{:.1}", gb(b)), format!("{:.0}%", 100.0 * b / bandwidth))
+        } else {
+            (String::from("-"), String::from("-"))
+        };
+        println!(
+            "| {} | {:.1} MB | {} | {} {} | {} | {:.2} ± {:.2} | {} | {} |",
+            name,
+            file_bytes as f64 / 1e6,
+            threads,
+            RowDots::detected().isa,
+            acts,
+            m.test,
+            m.mean(),
+            m.std(),
+            bw,
+            frac
+        );
+    }
+    println!();
+    println!(
+        "measured read bandwidth: {:.1} GB/s ({threads} threads); weights read per token: {:.1} MB",
+        gb(bandwidth),
+        weights as f64 / 1e6
+    );
+    if let Some(r) = rss {
+        println!(
+            "peak resident memory: {:.1} MB (model file {:.1} MB)",
+            r as f64 / 1e6,
+            file_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}

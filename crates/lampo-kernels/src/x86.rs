@@ -1,0 +1,413 @@
+//! x86-64 integer dot products of quantized weight rows with 8-bit
+//! activations, for up to [`MAX_TOKENS`] activation rows at once so that a
+//! weight block is unpacked once per group of tokens during prefill.
+//!
+//! The kernels are written once (`row_dots!`) and compiled twice: with
+//! AVX-512 VNNI (`vpdpbusd` multiplies unsigned by signed bytes and sums
+//! into 32-bit lanes in one instruction) and with plain AVX2 (`vpmaddubsw`
+//! then `vpmaddwd`). Everything works on 256-bit vectors: a weight block of
+//! 32 values fills one, and Zen 4 splits 512-bit operations in two anyway.
+
+use std::arch::x86_64::*;
+
+use crate::qdot::{MAX_TOKENS, Q8Block, Q8KBlock, RowDots, scales_mins_k4};
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY (caller): two readable bytes at `p`, and F16C is enabled.
+    unsafe {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+}
+
+/// Checks the shapes every kernel relies on before it reads raw pointers.
+fn check<B>(w: &[u8], block_bytes: usize, acts: &[B], out: &[f32]) -> usize {
+    let nt = out.len();
+    assert!((1..=MAX_TOKENS).contains(&nt), "{nt} activation rows");
+    let blocks = acts.len() / nt;
+    assert_eq!(acts.len(), blocks * nt, "activation rows of unequal length");
+    assert_eq!(w.len(), blocks * block_bytes, "weight row length");
+    blocks
+}
+
+/// Kernels for the 32-value formats. `load` gives the block's
+/// 32 weights (unsigned when `signed` is false), `min` the offset
+/// in the block's second f16 (Q4_1/Q5_1) that multiplies the
+/// activations' sum.
+macro_rules! q8_kernel {
+    ($features:literal, $name:ident, $bytes:expr, $signed:expr, $has_min:expr, |$wb:ident| $load:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const N: usize>(
+            w: *const u8,
+            blocks: usize,
+            acts: *const Q8Block,
+            out: *mut f32,
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut mins = [0f32; N];
+            for b in 0..blocks {
+                // SAFETY (caller): `blocks` blocks of weights and
+                // `N × blocks` activation blocks are readable.
+                unsafe {
+                    let wb = w.add(b * $bytes);
+                    let d = f16_at(wb);
+                    let m = if $has_min { f16_at(wb.add(2)) } else { 0.0 };
+                    let q: __m256i = {
+                        let $wb = wb;
+                        $load
+                    };
+                    for t in 0..N {
+                        let y = &*acts.add(t * blocks + b);
+                        let a = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                        let isum = if $signed {
+                            dot_signed(q, a)
+                        } else {
+                            dot_acc(_mm256_setzero_si256(), q, a)
+                        };
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(isum),
+                            _mm256_set1_ps(d * y.d),
+                            acc[t],
+                        );
+                        if $has_min {
+                            mins[t] += m * y.s;
+                        }
+                    }
+                }
+            }
+            for t in 0..N {
+                // SAFETY (caller): `out` holds N values.
+                unsafe { *out.add(t) = hsum(acc[t]) + mins[t] };
+            }
+        }
+    };
+}
+
+/// A safe entry point per format: checks shapes, then picks the
+/// kernel for the number of activation rows.
+macro_rules! entry {
+    ($entry:ident, $kernel:ident [$($extra:tt)*], $block:ty, $bytes:expr) => {
+        fn $entry(w: &[u8], acts: &[$block], out: &mut [f32]) {
+            let blocks = check(w, $bytes, acts, out);
+            let (wp, ap, op) = (w.as_ptr(), acts.as_ptr(), out.as_mut_ptr());
+            // SAFETY: `check` verified every length the kernel reads, and
+            // `row_dots` hands these entries out only after detection.
+            unsafe {
+                match out.len() {
+                    1 => $kernel::<1 $($extra)*>(wp, blocks, ap, op),
+                    2 => $kernel::<2 $($extra)*>(wp, blocks, ap, op),
+                    3 => $kernel::<3 $($extra)*>(wp, blocks, ap, op),
+                    _ => $kernel::<4 $($extra)*>(wp, blocks, ap, op),
+                }
+            }
+        }
+    };
+}
+
+/// Expands to one module of kernels; `$features` must include the
+/// instructions the module's primitives use.
+macro_rules! row_dots {
+    ($module:ident, $features:literal, $isa:literal, $detect:expr, { $($primitives:item)* }) => {
+        pub mod $module {
+            use super::*;
+
+            $($primitives)*
+
+            #[target_feature(enable = $features)]
+            fn hsum(v: __m256) -> f32 {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+            }
+
+            /// 16 values in `q`'s low nibbles then 16 in its high nibbles.
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles16(p: *const u8) -> __m256i {
+                // SAFETY (caller): 16 readable bytes at `p`.
+                let q = unsafe { _mm_loadu_si128(p as *const __m128i) };
+                _mm256_and_si256(
+                    _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+                    _mm256_set1_epi8(0x0f),
+                )
+            }
+
+            /// Signed weights times signed activations, via |w| and sign(w)·a.
+            #[target_feature(enable = $features)]
+            fn dot_signed(w: __m256i, a: __m256i) -> __m256i {
+                dot_acc(
+                    _mm256_setzero_si256(),
+                    _mm256_sign_epi8(w, w),
+                    _mm256_sign_epi8(a, w),
+                )
+            }
+
+            q8_kernel!($features, q4_0_n, 18, true, false, |wb| {
+                _mm256_sub_epi8(nibbles16(wb.add(2)), _mm256_set1_epi8(8))
+            });
+            q8_kernel!($features, q4_1_n, 20, false, true, |wb| nibbles16(wb.add(4)));
+            q8_kernel!($features, q5_0_n, 22, true, false, |wb| {
+                let qh = (wb.add(2) as *const u32).read_unaligned();
+                let q = _mm256_or_si256(nibbles16(wb.add(6)), high_bits(qh));
+                _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+            });
+            q8_kernel!($features, q5_1_n, 24, false, true, |wb| {
+                let qh = (wb.add(4) as *const u32).read_unaligned();
+                _mm256_or_si256(nibbles16(wb.add(8)), high_bits(qh))
+            });
+            q8_kernel!($features, q8_0_n, 34, true, false, |wb| {
+                _mm256_loadu_si256(wb.add(2) as *const __m256i)
+            });
+
+            /// Q4_K (`FIFTH = false`) and Q5_K (`FIFTH = true`): eight
+            /// sub-blocks of 32 with 6-bit scales and mins.
+            #[target_feature(enable = $features)]
+            unsafe fn k4_n<const N: usize, const FIFTH: bool>(
+                w: *const u8,
+                blocks: usize,
+                acts: *const Q8KBlock,
+                out: *mut f32,
+            ) {
+                let bytes = if FIFTH { 176 } else { 144 };
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut mins = [0f32; N];
+                let m4 = _mm256_set1_epi8(0x0f);
+                for b in 0..blocks {
+                    // SAFETY (caller): as for the 32-value kernels.
+                    unsafe {
+                        let wb = w.add(b * bytes);
+                        let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
+                        let (sc, m) = scales_mins_k4(std::slice::from_raw_parts(wb.add(4), 12));
+                        let qs = wb.add(if FIFTH { 48 } else { 16 });
+                        let mut qh = if FIFTH {
+                            _mm256_loadu_si256(wb.add(16) as *const __m256i)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let mut iacc = [_mm256_setzero_si256(); N];
+                        for c in 0..4 {
+                            let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                            let mut lo = _mm256_and_si256(q, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                            if FIFTH {
+                                let one = _mm256_set1_epi8(1);
+                                lo = _mm256_or_si256(
+                                    lo,
+                                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, one)),
+                                );
+                                hi = _mm256_or_si256(
+                                    hi,
+                                    _mm256_slli_epi16::<3>(_mm256_and_si256(qh, _mm256_set1_epi8(2))),
+                                );
+                                qh = _mm256_srli_epi16::<2>(qh);
+                            }
+                            let s_lo = _mm256_set1_epi16(sc[2 * c] as i16);
+                            let s_hi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                            for t in 0..N {
+                                let y = &*acts.add(t * blocks + b);
+                                let a = y.qs.as_ptr().add(64 * c);
+                                let a_lo = _mm256_loadu_si256(a as *const __m256i);
+                                let a_hi = _mm256_loadu_si256(a.add(32) as *const __m256i);
+                                iacc[t] = dot_scaled(iacc[t], lo, a_lo, s_lo);
+                                iacc[t] = dot_scaled(iacc[t], hi, a_hi, s_hi);
+                            }
+                        }
+                        for t in 0..N {
+                            let y = &*acts.add(t * blocks + b);
+                            let mut msum = 0i32;
+                            for j in 0..8 {
+                                msum += m[j] * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+                            }
+                            mins[t] += dmin * y.d * msum as f32;
+                            acc[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(iacc[t]),
+                                _mm256_set1_ps(d * y.d),
+                                acc[t],
+                            );
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // SAFETY (caller): `out` holds N values.
+                    unsafe { *out.add(t) = hsum(acc[t]) - mins[t] };
+                }
+            }
+
+            /// Q6_K: 6-bit values offset by 32, sixteen 8-bit scales per block.
+            #[target_feature(enable = $features)]
+            unsafe fn q6_k_n<const N: usize>(
+                w: *const u8,
+                blocks: usize,
+                acts: *const Q8KBlock,
+                out: *mut f32,
+            ) {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let m4 = _mm256_set1_epi8(0x0f);
+                let m30 = _mm256_set1_epi8(0x30);
+                for b in 0..blocks {
+                    // SAFETY (caller): as for the 32-value kernels.
+                    unsafe {
+                        let wb = w.add(b * 210);
+                        let d = f16_at(wb.add(208));
+                        let sc = wb.add(192) as *const i8;
+                        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+                        let mut iacc = [_mm256_setzero_si256(); N];
+                        for half in 0..2 {
+                            let ql = wb.add(64 * half);
+                            let qh = _mm256_loadu_si256(wb.add(128 + 32 * half) as *const __m256i);
+                            let ql0 = _mm256_loadu_si256(ql as *const __m256i);
+                            let ql1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                            let parts = [
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql0, m4),
+                                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql1, m4),
+                                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                                    _mm256_and_si256(qh, m30),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                                ),
+                            ];
+                            for (part, q) in parts.into_iter().enumerate() {
+                                let g = 8 * half + 2 * part;
+                                let s = _mm256_set_m128i(
+                                    _mm_set1_epi16(*sc.add(g + 1) as i16),
+                                    _mm_set1_epi16(*sc.add(g) as i16),
+                                );
+                                for t in 0..N {
+                                    let y = &*acts.add(t * blocks + b);
+                                    let a = _mm256_loadu_si256(
+                                        y.qs.as_ptr().add(128 * half + 32 * part) as *const __m256i,
+                                    );
+                                    iacc[t] = dot_scaled(iacc[t], q, a, s);
+                                }
+                            }
+                        }
+                        for t in 0..N {
+                            let y = &*acts.add(t * blocks + b);
+                            // The offset of 32 times each group's activation sum.
+                            let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+                            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales));
+                            acc[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(_mm256_sub_epi32(iacc[t], offset)),
+                                _mm256_set1_ps(d * y.d),
+                                acc[t],
+                            );
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // SAFETY (caller): `out` holds N values.
+                    unsafe { *out.add(t) = hsum(acc[t]) };
+                }
+            }
+
+            entry!(q4_0, q4_0_n[], Q8Block, 18);
+            entry!(q4_1, q4_1_n[], Q8Block, 20);
+            entry!(q5_0, q5_0_n[], Q8Block, 22);
+            entry!(q5_1, q5_1_n[], Q8Block, 24);
+            entry!(q8_0, q8_0_n[], Q8Block, 34);
+            entry!(q4_k, k4_n[, false], Q8KBlock, 144);
+            entry!(q5_k, k4_n[, true], Q8KBlock, 176);
+            entry!(q6_k, q6_k_n[], Q8KBlock, 210);
+
+            /// The kernels, when this CPU has the instructions they need.
+            pub fn row_dots() -> Option<RowDots> {
+                if !$detect {
+                    return None;
+                }
+                Some(RowDots {
+                    isa: $isa,
+                    q4_0,
+                    q4_1,
+                    q5_0,
+                    q5_1,
+                    q8_0,
+                    q4_k,
+                    q5_k,
+                    q6_k,
+                })
+            }
+        }
+    };
+}
+
+row_dots!(
+    avx512_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    "avx512-vnni",
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni"),
+    {
+        /// `acc` plus the sums of four unsigned-by-signed byte products per lane.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, s)
+        }
+
+        /// `acc` plus byte-pair products weighted by 16-bit `scale` per pair.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        fn dot_scaled(acc: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+            _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), scale)
+        }
+
+        /// 0x10 in byte `j` where bit `j` of `qh` is set.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        fn high_bits(qh: u32) -> __m256i {
+            _mm256_maskz_set1_epi8(qh, 0x10)
+        }
+    }
+);
+
+row_dots!(
+    avx2,
+    "avx2,fma,f16c",
+    "avx2",
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"),
+    {
+        /// `acc` plus the sums of four unsigned-by-signed byte products per
+        /// lane. Pair sums stay within i16 for every format here (at most
+        /// 2 × 128 × 127).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            let pairs = _mm256_maddubs_epi16(u, s);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+
+        /// `acc` plus byte-pair products weighted by 16-bit `scale` per pair.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dot_scaled(acc: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale))
+        }
+
+        /// 0x10 in byte `j` where bit `j` of `qh` is set: byte `j / 8` of
+        /// `qh` copied to byte `j`, then tested against bit `j % 8`.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn high_bits(qh: u32) -> __m256i {
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(qh as i32),
+                _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                ),
+            );
+            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        }
+    }
+);

@@ -8,9 +8,10 @@ pub mod ops;
 pub mod parallel;
 pub mod qdot;
 pub mod quant;
+pub mod repack;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use matmul::{Activations, WeightRef, matmul, matmul_many};
+pub use matmul::{Activations, Layout, WeightRef, matmul, matmul_many};
 pub use quant::DType;

@@ -4,18 +4,30 @@ use std::ops::Range;
 
 use crate::parallel::{for_each_chunk_mut, for_each_range};
 use crate::qdot::{
-    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, RowDots, quantize_q8_into, quantize_q8k_into,
+    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, Q8RowDot, RowDots, quantize_q8_into,
+    quantize_q8k_into,
 };
 use crate::quant::{DType, QK_K, dequantize_row};
 use crate::simd::dot_f32;
 
-/// A weight matrix of `rows` × `cols` stored row-major as `dtype` in `data`.
+/// How a weight matrix's blocks are ordered in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Row after row, as in GGUF.
+    #[default]
+    Rows,
+    /// Eight rows interleaved per block column ([`crate::repack`]).
+    Rows8,
+}
+
+/// A weight matrix of `rows` × `cols` stored as `dtype` in `data`.
 #[derive(Clone, Copy, Debug)]
 pub struct WeightRef<'a> {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub layout: Layout,
 }
 
 impl<'a> WeightRef<'a> {
@@ -23,7 +35,9 @@ impl<'a> WeightRef<'a> {
         self.cols / self.dtype.block_len() * self.dtype.block_bytes()
     }
 
+    /// Row `r`'s blocks (row-major layout only).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        debug_assert_eq!(self.layout, Layout::Rows);
         let b = self.row_bytes();
         &self.data[r * b..(r + 1) * b]
     }
@@ -87,6 +101,11 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
             w.rows * w.row_bytes(),
             "weight bytes do not match its shape"
         );
+        assert!(
+            w.layout == Layout::Rows || w.rows.is_multiple_of(8),
+            "interleaved weights of {} rows",
+            w.rows
+        );
     }
     let integer = |w: &WeightRef| acts == Activations::Q8 && w.dtype.act_format().is_some();
     let wants = |f: ActFormat| jobs.iter().any(|(w, _)| integer(w) && w.dtype.act_format() == Some(f));
@@ -114,12 +133,22 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
             let (lo, hi) = (range.start.max(base), range.end.min(base + w.rows));
             if lo < hi {
                 let rows = lo - base..hi - base;
-                let result = match (integer(w), kernels.q8(w.dtype), kernels.q8k(w.dtype)) {
-                    (true, Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
-                    (true, _, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
-                    _ => float_rows(w, x, rows, *out),
-                };
-                result
+                let rows8 = kernels.rows8.and_then(|k| k.get(w.dtype));
+                match (integer(w), w.layout) {
+                    (true, Layout::Rows8) => {
+                        let kernel = rows8.expect("interleaved weights without their kernels");
+                        integer_rows8(w, &q8, kernel, n, rows, *out);
+                    }
+                    (false, Layout::Rows8) => {
+                        panic!("interleaved weights need 8-bit activations")
+                    }
+                    (true, Layout::Rows) => match (kernels.q8(w.dtype), kernels.q8k(w.dtype)) {
+                        (Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
+                        (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
+                        _ => unreachable!("a format with 8-bit activations has a kernel"),
+                    },
+                    (false, Layout::Rows) => float_rows(w, x, rows, *out),
+                }
             }
             base += w.rows;
         }
@@ -183,6 +212,44 @@ fn integer_rows<B>(
     }
 }
 
+/// As `integer_rows`, for weights interleaved eight rows at a time: each
+/// thread takes the groups whose first row falls in its range.
+fn integer_rows8(
+    w: &WeightRef,
+    acts: &[Q8Block],
+    kernel: Q8RowDot,
+    n: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    let per_row = acts.len() / n;
+    let group_bytes = 8 * w.row_bytes();
+    let (g_start, g_end) = (rows.start.div_ceil(8), rows.end.div_ceil(8));
+    let tile = INT_TILE_ROWS / 8;
+    let mut g0 = g_start;
+    while g0 < g_end {
+        let g1 = (g0 + tile).min(g_end);
+        let mut t0 = 0;
+        while t0 < n {
+            let nt = (n - t0).min(MAX_TOKENS);
+            let a = &acts[t0 * per_row..(t0 + nt) * per_row];
+            for g in g0..g1 {
+                let mut res = [0f32; 8 * MAX_TOKENS];
+                kernel(&w.data[g * group_bytes..(g + 1) * group_bytes], a, &mut res[..8 * nt]);
+                for t in 0..nt {
+                    for i in 0..8 {
+                        // SAFETY: as in `integer_rows`; group `g`'s rows belong
+                        // to this thread alone.
+                        unsafe { *out.0.add((t0 + t) * w.rows + 8 * g + i) = res[8 * t + i] };
+                    }
+                }
+            }
+            t0 += nt;
+        }
+        g0 = g1;
+    }
+}
+
 /// Rows `rows` of `w` dequantized to f32 and dotted with f32 activations.
 fn float_rows(w: &WeightRef, x: &[f32], rows: Range<usize>, out: OutPtr) {
     let cols = w.cols;
@@ -226,6 +293,7 @@ mod tests {
                 rows,
                 cols,
                 data: &data,
+                layout: Layout::Rows,
             };
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 11 % 19) as f32 - 9.0) * 0.05)
@@ -269,6 +337,7 @@ mod tests {
                 rows,
                 cols,
                 data: &data,
+                layout: Layout::Rows,
             };
             let mut out = vec![0f32; n * rows];
             matmul(&w, &x, &mut out, Activations::F32);

@@ -171,6 +171,32 @@ pub struct RowDots {
     pub q4_k: Q8KRowDot,
     pub q5_k: Q8KRowDot,
     pub q6_k: Q8KRowDot,
+    /// Kernels for weights interleaved eight rows at a time
+    /// ([`crate::repack`]); `out` then holds eight values per activation row.
+    pub rows8: Option<Rows8Dots>,
+}
+
+/// Kernels for the interleaved layout of the 32-value formats.
+#[derive(Clone, Copy)]
+pub struct Rows8Dots {
+    pub q4_0: Q8RowDot,
+    pub q4_1: Q8RowDot,
+    pub q5_0: Q8RowDot,
+    pub q5_1: Q8RowDot,
+    pub q8_0: Q8RowDot,
+}
+
+impl Rows8Dots {
+    pub fn get(&self, ty: DType) -> Option<Q8RowDot> {
+        Some(match ty {
+            DType::Q4_0 => self.q4_0,
+            DType::Q4_1 => self.q4_1,
+            DType::Q5_0 => self.q5_0,
+            DType::Q5_1 => self.q5_1,
+            DType::Q8_0 => self.q8_0,
+            _ => return None,
+        })
+    }
 }
 
 /// Portable kernels: the scalar dot once per activation row.
@@ -204,6 +230,7 @@ impl RowDots {
         q4_k: q4_k_rows,
         q5_k: q5_k_rows,
         q6_k: q6_k_rows,
+        rows8: None,
     };
 
     /// Every kernel set this CPU can run, fastest first, portable last.

@@ -10,7 +10,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::qdot::{MAX_TOKENS, Q8Block, Q8KBlock, RowDots, scales_mins_k4};
+use crate::qdot::{MAX_TOKENS, Q8Block, Q8KBlock, RowDots, Rows8Dots, scales_mins_k4};
+use crate::repack::Rows8Format;
 
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {
@@ -99,6 +100,29 @@ macro_rules! entry {
                     2 => $kernel::<2 $($extra)*>(wp, blocks, ap, op),
                     3 => $kernel::<3 $($extra)*>(wp, blocks, ap, op),
                     _ => $kernel::<4 $($extra)*>(wp, blocks, ap, op),
+                }
+            }
+        }
+    };
+}
+
+/// Safe entry points for the interleaved kernels: `out` holds
+/// eight results (one per row) for each activation row.
+macro_rules! rows8_entry {
+    ($entry:ident, $fmt:expr) => {
+        fn $entry(w: &[u8], acts: &[Q8Block], out: &mut [f32]) {
+            let nt = out.len() / 8;
+            assert_eq!(out.len(), nt * 8, "output of {} values", out.len());
+            let blocks = check(w, $fmt.group_bytes(), acts, &out[..nt]);
+            let (wp, ap, op) = (w.as_ptr(), acts.as_ptr(), out.as_mut_ptr());
+            const F: u8 = $fmt as u8;
+            // SAFETY: as for the row-major entries.
+            unsafe {
+                match nt {
+                    1 => rows8_n::<1, F>(wp, blocks, ap, op),
+                    2 => rows8_n::<2, F>(wp, blocks, ap, op),
+                    3 => rows8_n::<3, F>(wp, blocks, ap, op),
+                    _ => rows8_n::<4, F>(wp, blocks, ap, op),
                 }
             }
         }
@@ -309,6 +333,91 @@ macro_rules! row_dots {
                 }
             }
 
+            /// The 32-value formats with rows interleaved eight at a time
+            /// (see `repack`): lane `i` of every vector belongs to row `i`, so
+            /// a block costs a handful of instructions for eight rows and no
+            /// horizontal sums. `F` is the format (`Rows8Format` as u8).
+            #[target_feature(enable = $features)]
+            unsafe fn rows8_n<const N: usize, const F: u8>(
+                w: *const u8,
+                blocks: usize,
+                acts: *const Q8Block,
+                out: *mut f32,
+            ) {
+                let fmt = Rows8Format::from_u8(F);
+                let (has_min, five) = (fmt.has_min(), fmt.five_bit());
+                let offset = fmt.offset();
+                let group = fmt.group_bytes();
+                let mut acc = [_mm256_setzero_ps(); N];
+                let m4 = _mm256_set1_epi8(0x0f);
+                for b in 0..blocks {
+                    // SAFETY (caller): `blocks` groups of weights and
+                    // `N × blocks` activation blocks are readable.
+                    unsafe {
+                        let g = w.add(b * group);
+                        let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+                        let q = g.add(if has_min { 32 } else { 16 });
+                        let mut isum = [_mm256_setzero_si256(); N];
+                        if fmt == Rows8Format::Q8_0 {
+                            for j in 0..8 {
+                                let v = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                                let v_abs = _mm256_sign_epi8(v, v);
+                                for t in 0..N {
+                                    let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                                    let a = _mm256_set1_epi32((ya.add(4 * j) as *const i32).read_unaligned());
+                                    isum[t] = dot_acc(isum[t], v_abs, _mm256_sign_epi8(a, v));
+                                }
+                            }
+                        } else {
+                            let h = q.add(128) as *const u32;
+                            for j in 0..4 {
+                                let p = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                                let mut lo = _mm256_and_si256(p, m4);
+                                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), m4);
+                                if five {
+                                    lo = _mm256_or_si256(lo, high_bits(h.add(j).read_unaligned()));
+                                    hi = _mm256_or_si256(hi, high_bits(h.add(j + 4).read_unaligned()));
+                                }
+                                for t in 0..N {
+                                    let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                                    let a_lo = _mm256_set1_epi32((ya.add(4 * j) as *const i32).read_unaligned());
+                                    let a_hi =
+                                        _mm256_set1_epi32((ya.add(16 + 4 * j) as *const i32).read_unaligned());
+                                    isum[t] = dot_acc(isum[t], lo, a_lo);
+                                    isum[t] = dot_acc(isum[t], hi, a_hi);
+                                }
+                            }
+                        }
+                        let m8 = if has_min {
+                            _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i))
+                        } else {
+                            _mm256_setzero_ps()
+                        };
+                        for t in 0..N {
+                            let y = &*acts.add(t * blocks + b);
+                            let v = _mm256_cvtepi32_ps(isum[t]);
+                            if has_min {
+                                acc[t] = _mm256_fmadd_ps(d8, _mm256_mul_ps(v, _mm256_set1_ps(y.d)), acc[t]);
+                                acc[t] = _mm256_fmadd_ps(m8, _mm256_set1_ps(y.s), acc[t]);
+                            } else {
+                                let s = _mm256_fmadd_ps(v, _mm256_set1_ps(y.d), _mm256_set1_ps(offset * y.s));
+                                acc[t] = _mm256_fmadd_ps(d8, s, acc[t]);
+                            }
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // SAFETY (caller): `out` holds 8 × N values.
+                    unsafe { _mm256_storeu_ps(out.add(8 * t), acc[t]) };
+                }
+            }
+
+            rows8_entry!(rows8_q4_0, Rows8Format::Q4_0);
+            rows8_entry!(rows8_q4_1, Rows8Format::Q4_1);
+            rows8_entry!(rows8_q5_0, Rows8Format::Q5_0);
+            rows8_entry!(rows8_q5_1, Rows8Format::Q5_1);
+            rows8_entry!(rows8_q8_0, Rows8Format::Q8_0);
+
             entry!(q4_0, q4_0_n[], Q8Block, 18);
             entry!(q4_1, q4_1_n[], Q8Block, 20);
             entry!(q5_0, q5_0_n[], Q8Block, 22);
@@ -333,6 +442,13 @@ macro_rules! row_dots {
                     q4_k,
                     q5_k,
                     q6_k,
+                    rows8: Some(Rows8Dots {
+                        q4_0: rows8_q4_0,
+                        q4_1: rows8_q4_1,
+                        q5_0: rows8_q5_0,
+                        q5_1: rows8_q5_1,
+                        q8_0: rows8_q8_0,
+                    }),
                 })
             }
         }

@@ -535,6 +535,19 @@ impl GgufFile {
         &self.map[offset..offset + size]
     }
 
+    /// Tells the kernel that bytes `offset..offset + size` will not be read
+    /// soon, so their pages leave this process's resident memory; a later
+    /// read maps them again from the page cache.
+    pub fn release(&self, offset: usize, size: usize) {
+        // SAFETY: DONTNEED on a read-only shared file mapping only drops page
+        // table entries; contents read afterwards are the file's, unchanged.
+        // Failure is harmless (the pages just stay resident).
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, size)
+        };
+    }
+
     pub fn file_size(&self) -> usize {
         self.map.len()
     }

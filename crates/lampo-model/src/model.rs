@@ -10,14 +10,17 @@ use half::slice::HalfFloatSliceExt;
 use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut;
 use lampo_kernels::quant::dequantize_row;
-use lampo_kernels::{Activations, DType, WeightRef, matmul, matmul_many};
+use lampo_kernels::qdot::RowDots;
+use lampo_kernels::repack::interleave_rows8;
+use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
 
 use crate::ModelError;
 use crate::arch::Activation;
 use crate::config::Config;
 use crate::gguf::{GgufFile, TensorInfo};
 
-/// A weight matrix inside the mapped file.
+/// A weight matrix inside the mapped file, and its interleaved copy when
+/// the kernels read that layout faster.
 #[derive(Clone, Debug)]
 struct Weight {
     dtype: DType,
@@ -25,6 +28,7 @@ struct Weight {
     cols: usize,
     offset: usize,
     size: usize,
+    interleaved: Option<Vec<u8>>,
 }
 
 struct Layer {
@@ -181,6 +185,20 @@ impl Model {
                 window: local.map(|sw| sw.window),
             });
         }
+        let output = interleave(&file, output);
+        let layers = layers
+            .into_iter()
+            .map(|l| Layer {
+                wq: interleave(&file, l.wq),
+                wk: interleave(&file, l.wk),
+                wv: interleave(&file, l.wv),
+                wo: interleave(&file, l.wo),
+                w_gate: interleave(&file, l.w_gate),
+                w_up: interleave(&file, l.w_up),
+                w_down: interleave(&file, l.w_down),
+                ..l
+            })
+            .collect();
         let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
         let local_rope = c
             .spec
@@ -230,13 +248,29 @@ impl Model {
         (2 * self.config.n_layer * self.config.kv_dim() * 2) as u64
     }
 
-    fn w(&self, w: &Weight) -> WeightRef<'_> {
-        let data = &self.file.data_slice(w.offset, w.size);
+    /// A matrix as the matmuls read it: interleaved when it has that copy
+    /// and activations are 8-bit (the only kernels for that layout).
+    fn w<'a>(&'a self, w: &'a Weight) -> WeightRef<'a> {
+        match &w.interleaved {
+            Some(data) if self.activations == Activations::Q8 => WeightRef {
+                dtype: w.dtype,
+                rows: w.rows,
+                cols: w.cols,
+                data,
+                layout: Layout::Rows8,
+            },
+            _ => self.w_rows(w),
+        }
+    }
+
+    /// A matrix row by row, as in the file.
+    fn w_rows<'a>(&'a self, w: &'a Weight) -> WeightRef<'a> {
         WeightRef {
             dtype: w.dtype,
             rows: w.rows,
             cols: w.cols,
-            data,
+            data: self.file.data_slice(w.offset, w.size),
+            layout: Layout::Rows,
         }
     }
 
@@ -270,7 +304,7 @@ impl Model {
         let past = kv.len;
 
         let mut x = vec![0f32; n * d];
-        let embd = self.w(&self.token_embd);
+        let embd = self.w_rows(&self.token_embd);
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
             embd.dequantize_row_into(t as usize, row);
         }
@@ -459,7 +493,29 @@ fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weigh
         cols,
         offset: t.offset,
         size: t.size,
+        interleaved: None,
     })
+}
+
+/// Gives `w` its interleaved copy when this CPU's kernels have one for its
+/// format, and lets the kernel drop the mapped original from memory (it
+/// stays in the page cache for the f32-activation path).
+fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
+    if RowDots::detected().rows8.and_then(|k| k.get(w.dtype)).is_none() {
+        return w;
+    }
+    let original = WeightRef {
+        dtype: w.dtype,
+        rows: w.rows,
+        cols: w.cols,
+        data: file.data_slice(w.offset, w.size),
+        layout: Layout::Rows,
+    };
+    w.interleaved = interleave_rows8(&original);
+    if w.interleaved.is_some() {
+        file.release(w.offset, w.size);
+    }
+    w
 }
 
 /// A vector (norm gain or bias), dequantized to f32 since it is small.

@@ -310,6 +310,30 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
+/// As [`for_each_chunk_mut`], but piece `i` goes to thread `i % threads`:
+/// balanced when the cost of a piece grows with its index (causal attention,
+/// where later tokens see more keys).
+pub fn for_each_chunk_mut_interleaved<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let pieces = out.len().div_ceil(chunk);
+    let len = out.len();
+    let ptr = SharedMut(out.as_mut_ptr());
+    run_on_threads(pieces, |t, threads| {
+        let ptr = &ptr;
+        for i in (t..pieces).step_by(threads) {
+            let end = ((i + 1) * chunk).min(len);
+            // SAFETY: piece `i` goes to thread `i % threads` only, so the
+            // slices are disjoint, and all lie inside `out`.
+            let piece = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
+            f(i, piece);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,14 +362,21 @@ mod tests {
 
     #[test]
     fn chunks_are_disjoint_and_complete() {
-        let mut v = vec![0usize; 1003];
-        for_each_chunk_mut(&mut v, 10, |i, piece| {
-            for x in piece.iter_mut() {
-                *x += i + 1;
+        for interleaved in [false, true] {
+            let mut v = vec![0usize; 1003];
+            let f = |i: usize, piece: &mut [usize]| {
+                for x in piece.iter_mut() {
+                    *x += i + 1;
+                }
+            };
+            if interleaved {
+                for_each_chunk_mut_interleaved(&mut v, 10, f);
+            } else {
+                for_each_chunk_mut(&mut v, 10, f);
             }
-        });
-        for (j, x) in v.iter().enumerate() {
-            assert_eq!(*x, j / 10 + 1, "at {j}");
+            for (j, x) in v.iter().enumerate() {
+                assert_eq!(*x, j / 10 + 1, "at {j} (interleaved: {interleaved})");
+            }
         }
     }
 

@@ -75,8 +75,21 @@ pub fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
     out
 }
 
-/// Quantizes `x` into `out`, one block per 32 values.
+/// Quantizes `x` into `out`, one block per 32 values, with the fastest
+/// code this CPU runs (results are identical on every path).
 pub fn quantize_q8_into(x: &[f32], out: &mut [Q8Block]) {
+    (RowDots::detected().quantize_q8)(x, out)
+}
+
+/// Quantizes `x` into `out`, one block per 256 values; see [`quantize_q8_into`].
+pub fn quantize_q8k_into(x: &[f32], out: &mut [Q8KBlock]) {
+    (RowDots::detected().quantize_q8k)(x, out)
+}
+
+/// The portable quantizer, also compiled by each SIMD module with its
+/// instructions enabled (where rounding is one instruction, not a libm call).
+#[inline(always)]
+pub(crate) fn quantize_q8_generic(x: &[f32], out: &mut [Q8Block]) {
     assert!(
         x.len() % 32 == 0 && out.len() == x.len() / 32,
         "activations of {} values are not {} 32-blocks",
@@ -106,8 +119,9 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
     out
 }
 
-/// Quantizes `x` into `out`, one block per 256 values.
-pub fn quantize_q8k_into(x: &[f32], out: &mut [Q8KBlock]) {
+/// See [`quantize_q8_generic`].
+#[inline(always)]
+pub(crate) fn quantize_q8k_generic(x: &[f32], out: &mut [Q8KBlock]) {
     assert!(
         x.len() % QK_K == 0 && out.len() == x.len() / QK_K,
         "activations of {} values are not {} 256-blocks",
@@ -174,6 +188,16 @@ pub struct RowDots {
     /// Kernels for weights interleaved eight rows at a time
     /// ([`crate::repack`]); `out` then holds eight values per activation row.
     pub rows8: Option<Rows8Dots>,
+    pub quantize_q8: fn(&[f32], &mut [Q8Block]),
+    pub quantize_q8k: fn(&[f32], &mut [Q8KBlock]),
+}
+
+fn quantize_q8_portable(x: &[f32], out: &mut [Q8Block]) {
+    quantize_q8_generic(x, out)
+}
+
+fn quantize_q8k_portable(x: &[f32], out: &mut [Q8KBlock]) {
+    quantize_q8k_generic(x, out)
 }
 
 /// Kernels for the interleaved layout of the 32-value formats.
@@ -231,6 +255,8 @@ impl RowDots {
         q5_k: q5_k_rows,
         q6_k: q6_k_rows,
         rows8: None,
+        quantize_q8: quantize_q8_portable,
+        quantize_q8k: quantize_q8k_portable,
     };
 
     /// Every kernel set this CPU can run, fastest first, portable last.

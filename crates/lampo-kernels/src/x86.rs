@@ -418,6 +418,26 @@ macro_rules! row_dots {
             rows8_entry!(rows8_q5_1, Rows8Format::Q5_1);
             rows8_entry!(rows8_q8_0, Rows8Format::Q8_0);
 
+            #[target_feature(enable = $features)]
+            fn quantize_q8_simd(x: &[f32], out: &mut [Q8Block]) {
+                crate::qdot::quantize_q8_generic(x, out)
+            }
+
+            #[target_feature(enable = $features)]
+            fn quantize_q8k_simd(x: &[f32], out: &mut [Q8KBlock]) {
+                crate::qdot::quantize_q8k_generic(x, out)
+            }
+
+            fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
+                // SAFETY: reachable only through `row_dots`, after detection.
+                unsafe { quantize_q8_simd(x, out) }
+            }
+
+            fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
+                // SAFETY: as above.
+                unsafe { quantize_q8k_simd(x, out) }
+            }
+
             entry!(q4_0, q4_0_n[], Q8Block, 18);
             entry!(q4_1, q4_1_n[], Q8Block, 20);
             entry!(q5_0, q5_0_n[], Q8Block, 22);
@@ -449,6 +469,8 @@ macro_rules! row_dots {
                         q5_1: rows8_q5_1,
                         q8_0: rows8_q8_0,
                     }),
+                    quantize_q8,
+                    quantize_q8k,
                 })
             }
         }

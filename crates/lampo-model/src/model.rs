@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
-use lampo_kernels::parallel::for_each_chunk_mut;
+use lampo_kernels::parallel::for_each_chunk_mut_interleaved;
+use lampo_kernels::simd::{axpy_f16, dot_f16};
 use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::qdot::RowDots;
 use lampo_kernels::repack::interleave_rows8;
@@ -321,7 +321,6 @@ impl Model {
         let mut proj = vec![0f32; n * d];
         let mut gate = vec![0f32; n * c.n_ff];
         let mut up = vec![0f32; n * c.n_ff];
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
 
         for (li, layer) in self.layers.iter().enumerate() {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
@@ -357,16 +356,11 @@ impl Model {
             }
             kv.k[li].extend(k.iter().map(|&x| f16::from_f32(x)));
             kv.v[li].extend(v.iter().map(|&x| f16::from_f32(x)));
-            // Widen this layer's cache once; every query head then reads f32.
-            keys.resize(kv.k[li].len(), 0.0);
-            values.resize(kv.v[li].len(), 0.0);
-            kv.k[li].convert_to_f32_slice(&mut keys);
-            kv.v[li].convert_to_f32_slice(&mut values);
             // Queries meet keys at f16 precision, as in GGML's f16 attention.
             for x in q.iter_mut() {
                 *x = f16::from_f32(*x).to_f32();
             }
-            self.attention(&q, &keys, &values, past, layer.window, &mut attn);
+            self.attention(&q, &kv.k[li], &kv.v[li], past, layer.window, &mut attn);
 
             matmul(&self.w(&layer.wo), &attn, &mut proj, self.activations);
             if let Some([post_attn, _]) = &layer.post_norms {
@@ -420,8 +414,8 @@ impl Model {
     fn attention(
         &self,
         q: &[f32],
-        keys: &[f32],
-        values: &[f32],
+        keys: &[f16],
+        values: &[f16],
         past: usize,
         window: Option<usize>,
         out: &mut [f32],
@@ -430,15 +424,16 @@ impl Model {
         let (hd, kvd, n_head) = (c.head_dim, c.kv_dim(), c.n_head);
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        // One piece of `out` per (token, head): threads share the work evenly.
-        for_each_chunk_mut(out, hd, |idx, o| {
+        // One piece of `out` per (token, head), dealt out round-robin so that
+        // each thread gets as many late (long) rows of the causal triangle.
+        for_each_chunk_mut_interleaved(out, hd, |idx, o| {
             let (i, head) = (idx / n_head, idx % n_head);
             let kv_off = (head / group) * hd;
             let qv = &q[i * n_head * hd + head * hd..][..hd];
             let seen = past + i + 1;
             let first = window.map_or(0, |w| seen.saturating_sub(w));
             let mut scores: Vec<f32> = (first..seen)
-                .map(|p| lampo_kernels::simd::dot_f32(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
+                .map(|p| dot_f16(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
                 .collect();
             softmax(&mut scores);
             for s in scores.iter_mut() {
@@ -446,9 +441,7 @@ impl Model {
             }
             o.fill(0.0);
             for (p, &w) in (first..seen).zip(&scores) {
-                for (acc, &val) in o.iter_mut().zip(&values[p * kvd + kv_off..][..hd]) {
-                    *acc += w * val;
-                }
+                axpy_f16(o, w, &values[p * kvd + kv_off..][..hd]);
             }
         });
     }

@@ -4,10 +4,10 @@ use std::ops::Range;
 
 use crate::parallel::{for_each_chunk_mut, for_each_range};
 use crate::qdot::{
-    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, Q8RowDot, RowDots, quantize_q8_into,
-    quantize_q8k_into,
+    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, RowDots, quantize_q8_into, quantize_q8k_into,
 };
 use crate::quant::{DType, QK_K, dequantize_row};
+use crate::repack::Rows8Format;
 use crate::simd::dot_f32;
 
 /// How a weight matrix's blocks are ordered in memory.
@@ -33,6 +33,17 @@ pub struct WeightRef<'a> {
 impl<'a> WeightRef<'a> {
     pub fn row_bytes(&self) -> usize {
         self.cols / self.dtype.block_len() * self.dtype.block_bytes()
+    }
+
+    /// Bytes of the whole matrix in its layout.
+    pub fn bytes(&self) -> usize {
+        match (self.layout, Rows8Format::of(self.dtype)) {
+            (Layout::Rows8, Some(f)) if self.rows.is_multiple_of(8) => {
+                self.rows / 8 * (self.cols / f.block_len()) * f.group_bytes()
+            }
+            (Layout::Rows8, _) => panic!("{} cannot be interleaved", self.dtype),
+            (Layout::Rows, _) => self.rows * self.row_bytes(),
+        }
     }
 
     /// Row `r`'s blocks (row-major layout only).
@@ -98,13 +109,8 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
         assert_eq!(out.len(), n * w.rows, "output is not {n} x {}", w.rows);
         assert_eq!(
             w.data.len(),
-            w.rows * w.row_bytes(),
+            w.bytes(),
             "weight bytes do not match its shape"
-        );
-        assert!(
-            w.layout == Layout::Rows || w.rows.is_multiple_of(8),
-            "interleaved weights of {} rows",
-            w.rows
         );
     }
     let integer = |w: &WeightRef| acts == Activations::Q8 && w.dtype.act_format().is_some();
@@ -133,11 +139,14 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
             let (lo, hi) = (range.start.max(base), range.end.min(base + w.rows));
             if lo < hi {
                 let rows = lo - base..hi - base;
-                let rows8 = kernels.rows8.and_then(|k| k.get(w.dtype));
                 match (integer(w), w.layout) {
                     (true, Layout::Rows8) => {
-                        let kernel = rows8.expect("interleaved weights without their kernels");
-                        integer_rows8(w, &q8, kernel, n, rows, *out);
+                        let k = kernels.rows8.expect("interleaved weights without their kernels");
+                        match (k.q8(w.dtype), k.q8k(w.dtype)) {
+                            (Some(k), _) => integer_rows8(w, &q8, k, n, rows, *out),
+                            (_, Some(k)) => integer_rows8(w, &q8k, k, n, rows, *out),
+                            _ => unreachable!("interleaved weights of a format without kernels"),
+                        }
                     }
                     (false, Layout::Rows8) => {
                         panic!("interleaved weights need 8-bit activations")
@@ -214,16 +223,16 @@ fn integer_rows<B>(
 
 /// As `integer_rows`, for weights interleaved eight rows at a time: each
 /// thread takes the groups whose first row falls in its range.
-fn integer_rows8(
+fn integer_rows8<B>(
     w: &WeightRef,
-    acts: &[Q8Block],
-    kernel: Q8RowDot,
+    acts: &[B],
+    kernel: fn(&[u8], &[B], &mut [f32]),
     n: usize,
     rows: Range<usize>,
     out: OutPtr,
 ) {
     let per_row = acts.len() / n;
-    let group_bytes = 8 * w.row_bytes();
+    let group_bytes = w.data.len() / (w.rows / 8);
     let (g_start, g_end) = (rows.start.div_ceil(8), rows.end.div_ceil(8));
     let tile = INT_TILE_ROWS / 8;
     let mut g0 = g_start;

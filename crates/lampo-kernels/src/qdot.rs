@@ -200,7 +200,7 @@ fn quantize_q8k_portable(x: &[f32], out: &mut [Q8KBlock]) {
     quantize_q8k_generic(x, out)
 }
 
-/// Kernels for the interleaved layout of the 32-value formats.
+/// Kernels for the interleaved layout ([`crate::repack`]).
 #[derive(Clone, Copy)]
 pub struct Rows8Dots {
     pub q4_0: Q8RowDot,
@@ -208,10 +208,13 @@ pub struct Rows8Dots {
     pub q5_0: Q8RowDot,
     pub q5_1: Q8RowDot,
     pub q8_0: Q8RowDot,
+    pub q4_k: Q8KRowDot,
+    pub q5_k: Q8KRowDot,
+    pub q6_k: Q8KRowDot,
 }
 
 impl Rows8Dots {
-    pub fn get(&self, ty: DType) -> Option<Q8RowDot> {
+    pub fn q8(&self, ty: DType) -> Option<Q8RowDot> {
         Some(match ty {
             DType::Q4_0 => self.q4_0,
             DType::Q4_1 => self.q4_1,
@@ -220,6 +223,20 @@ impl Rows8Dots {
             DType::Q8_0 => self.q8_0,
             _ => return None,
         })
+    }
+
+    pub fn q8k(&self, ty: DType) -> Option<Q8KRowDot> {
+        Some(match ty {
+            DType::Q4_K => self.q4_k,
+            DType::Q5_K => self.q5_k,
+            DType::Q6_K => self.q6_k,
+            _ => return None,
+        })
+    }
+
+    /// Whether weights of `ty` have an interleaved kernel.
+    pub fn supports(&self, ty: DType) -> bool {
+        self.q8(ty).is_some() || self.q8k(ty).is_some()
     }
 }
 

@@ -22,6 +22,9 @@ pub enum Rows8Format {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 impl Rows8Format {
@@ -32,6 +35,9 @@ impl Rows8Format {
             DType::Q5_0 => Rows8Format::Q5_0,
             DType::Q5_1 => Rows8Format::Q5_1,
             DType::Q8_0 => Rows8Format::Q8_0,
+            DType::Q4_K => Rows8Format::Q4_K,
+            DType::Q5_K => Rows8Format::Q5_K,
+            DType::Q6_K => Rows8Format::Q6_K,
             _ => return None,
         })
     }
@@ -42,7 +48,10 @@ impl Rows8Format {
             1 => Rows8Format::Q4_1,
             2 => Rows8Format::Q5_0,
             3 => Rows8Format::Q5_1,
-            _ => Rows8Format::Q8_0,
+            4 => Rows8Format::Q8_0,
+            5 => Rows8Format::Q4_K,
+            6 => Rows8Format::Q5_K,
+            _ => Rows8Format::Q6_K,
         }
     }
 
@@ -53,17 +62,32 @@ impl Rows8Format {
             Rows8Format::Q5_0 => DType::Q5_0,
             Rows8Format::Q5_1 => DType::Q5_1,
             Rows8Format::Q8_0 => DType::Q8_0,
+            Rows8Format::Q4_K => DType::Q4_K,
+            Rows8Format::Q5_K => DType::Q5_K,
+            Rows8Format::Q6_K => DType::Q6_K,
         }
     }
 
-    /// Bytes of one block column of eight rows.
+    /// Bytes of one block column of eight rows. The k-quants' 6-bit scales
+    /// and minimums are stored unpacked, a byte each (3% larger).
     pub const fn group_bytes(self) -> usize {
-        8 * match self {
-            Rows8Format::Q4_0 => 18,
-            Rows8Format::Q4_1 => 20,
-            Rows8Format::Q5_0 => 22,
-            Rows8Format::Q5_1 => 24,
-            Rows8Format::Q8_0 => 34,
+        match self {
+            Rows8Format::Q4_0 => 8 * 18,
+            Rows8Format::Q4_1 => 8 * 20,
+            Rows8Format::Q5_0 => 8 * 22,
+            Rows8Format::Q5_1 => 8 * 24,
+            Rows8Format::Q8_0 => 8 * 34,
+            Rows8Format::Q4_K => 32 + 128 + 1024,
+            Rows8Format::Q5_K => 32 + 128 + 1024 + 256,
+            Rows8Format::Q6_K => 16 + 128 + 1024 + 512,
+        }
+    }
+
+    /// Values per block.
+    pub const fn block_len(self) -> usize {
+        match self {
+            Rows8Format::Q4_K | Rows8Format::Q5_K | Rows8Format::Q6_K => 256,
+            _ => 32,
         }
     }
 
@@ -94,6 +118,7 @@ impl Rows8Format {
             Rows8Format::Q5_0 => (6, 16),
             Rows8Format::Q5_1 => (8, 16),
             Rows8Format::Q8_0 => (2, 32),
+            _ => (0, 0),
         }
     }
 }
@@ -108,47 +133,244 @@ impl Rows8Format {
 /// formats eight 32-bit masks of fifth bits, one per unpacked vector.
 pub fn interleave_rows8(w: &WeightRef) -> Option<Vec<u8>> {
     let fmt = Rows8Format::of(w.dtype)?;
-    if !w.rows.is_multiple_of(8) || w.cols == 0 || !w.cols.is_multiple_of(32) {
+    let len = fmt.block_len();
+    if !w.rows.is_multiple_of(8) || w.cols == 0 || !w.cols.is_multiple_of(len) {
         return None;
     }
     let bb = w.dtype.block_bytes();
-    let blocks = w.cols / 32;
-    let (qoff, qlen) = fmt.quants();
-    let mut out = vec![0u8; w.data.len()];
-    for (gi, dst_group) in out.chunks_exact_mut(blocks * 8 * bb).enumerate() {
-        for (b, dst) in dst_group.chunks_exact_mut(8 * bb).enumerate() {
+    let blocks = w.cols / len;
+    if w.data.len() != w.rows * blocks * bb {
+        return None;
+    }
+    let gb = fmt.group_bytes();
+    let mut out = vec![0u8; w.rows / 8 * blocks * gb];
+    for (gi, dst_group) in out.chunks_exact_mut(blocks * gb).enumerate() {
+        for (b, dst) in dst_group.chunks_exact_mut(gb).enumerate() {
             let src = |i: usize| &w.data[((gi * 8 + i) * blocks + b) * bb..][..bb];
-            for i in 0..8 {
-                dst[2 * i..2 * i + 2].copy_from_slice(&src(i)[..2]);
-            }
-            let mut o = 16;
-            if fmt.has_min() {
-                for i in 0..8 {
-                    dst[16 + 2 * i..18 + 2 * i].copy_from_slice(&src(i)[2..4]);
-                }
-                o = 32;
-            }
-            for j in 0..qlen / 4 {
-                for i in 0..8 {
-                    let at = o + 32 * j + 4 * i;
-                    dst[at..at + 4].copy_from_slice(&src(i)[qoff + 4 * j..qoff + 4 * j + 4]);
-                }
-            }
-            if fmt.five_bit() {
-                let qh_at = if fmt.has_min() { 4 } else { 2 };
-                for (v, mask_at) in (0..8).map(|v| (v, o + 128 + 4 * v)) {
-                    // Vector `v < 4` holds values 4v..4v+4 of each row, `v >= 4`
-                    // values 16 + 4(v-4)..: the high nibbles of the same bytes.
-                    let first = if v < 4 { 4 * v } else { 16 + 4 * (v - 4) };
-                    let mut mask = 0u32;
-                    for i in 0..8 {
-                        let qh = u32::from_le_bytes(src(i)[qh_at..qh_at + 4].try_into().unwrap());
-                        mask |= ((qh >> first) & 0xf) << (4 * i);
-                    }
-                    dst[mask_at..mask_at + 4].copy_from_slice(&mask.to_le_bytes());
-                }
+            match fmt {
+                Rows8Format::Q4_K | Rows8Format::Q5_K => interleave_k4(fmt, dst, src),
+                Rows8Format::Q6_K => interleave_q6_k(dst, src),
+                _ => interleave_32(fmt, dst, src),
             }
         }
     }
     Some(out)
+}
+
+/// One block column of a 32-value format.
+fn interleave_32<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    let (qoff, qlen) = fmt.quants();
+    for i in 0..8 {
+        dst[2 * i..2 * i + 2].copy_from_slice(&src(i)[..2]);
+    }
+    let mut o = 16;
+    if fmt.has_min() {
+        for i in 0..8 {
+            dst[16 + 2 * i..18 + 2 * i].copy_from_slice(&src(i)[2..4]);
+        }
+        o = 32;
+    }
+    for j in 0..qlen / 4 {
+        for i in 0..8 {
+            let at = o + 32 * j + 4 * i;
+            dst[at..at + 4].copy_from_slice(&src(i)[qoff + 4 * j..qoff + 4 * j + 4]);
+        }
+    }
+    if fmt.five_bit() {
+        let qh_at = if fmt.has_min() { 4 } else { 2 };
+        for (v, mask_at) in (0..8).map(|v| (v, o + 128 + 4 * v)) {
+            // Vector `v < 4` holds values 4v..4v+4 of each row, `v >= 4`
+            // values 16 + 4(v-4)..: the high nibbles of the same bytes.
+            let first = if v < 4 { 4 * v } else { 16 + 4 * (v - 4) };
+            let mut mask = 0u32;
+            for i in 0..8 {
+                let qh = u32::from_le_bytes(src(i)[qh_at..qh_at + 4].try_into().unwrap());
+                mask |= ((qh >> first) & 0xf) << (4 * i);
+            }
+            dst[mask_at..mask_at + 4].copy_from_slice(&mask.to_le_bytes());
+        }
+    }
+}
+
+/// One block column of Q4_K or Q5_K: eight f16 scales, eight f16 minimum
+/// scales, the 6-bit sub-block scales as bytes `[sub][row]`, the minimums as
+/// bytes `[pair][row][2]` (sub-blocks `2p` and `2p + 1` side by side, for a
+/// 16-bit multiply-add against pairs of activation sums), the values as
+/// vectors `[chunk][j]` whose bytes `4i..4i+4` are row `i`'s bytes
+/// `32 chunk + 4j..` (low nibbles: sub-block `2 chunk`, high: `2 chunk + 1`),
+/// then for Q5_K one 32-bit mask of fifth bits per unpacked vector `[sub][j]`.
+fn interleave_k4<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    let (qs_at, qh_at) = if fmt == Rows8Format::Q5_K { (48, 16) } else { (16, 0) };
+    for i in 0..8 {
+        let b = src(i);
+        dst[2 * i..2 * i + 2].copy_from_slice(&b[..2]);
+        dst[16 + 2 * i..18 + 2 * i].copy_from_slice(&b[2..4]);
+        let (sc, m) = crate::qdot::scales_mins_k4(&b[4..16]);
+        for sub in 0..8 {
+            dst[32 + 8 * sub + i] = sc[sub] as u8;
+            dst[96 + 16 * (sub / 2) + 2 * i + sub % 2] = m[sub] as u8;
+        }
+        for chunk in 0..4 {
+            for j in 0..8 {
+                let at = 160 + 256 * chunk + 32 * j + 4 * i;
+                let from = qs_at + 32 * chunk + 4 * j;
+                dst[at..at + 4].copy_from_slice(&b[from..from + 4]);
+            }
+        }
+    }
+    if fmt == Rows8Format::Q5_K {
+        for sub in 0..8 {
+            for j in 0..8 {
+                let mut mask = 0u32;
+                for i in 0..8 {
+                    let qh = &src(i)[qh_at..qh_at + 32];
+                    for c in 0..4 {
+                        mask |= (((qh[4 * j + c] >> sub) & 1) as u32) << (4 * i + c);
+                    }
+                }
+                let at = 1184 + 4 * (8 * sub + j);
+                dst[at..at + 4].copy_from_slice(&mask.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// One block column of Q6_K: eight f16 scales, the 8-bit sub-block scales
+/// as bytes `[pair][row][2]`, the low nibbles as vectors `[half][q][j]`
+/// (row `i`'s bytes `64 half + 32 q + 4j..` at `4i`), the two high bits as
+/// vectors `[half][j]` (row `i`'s bytes `32 half + 4j..` at `4i`).
+fn interleave_q6_k<'a>(dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    for i in 0..8 {
+        let b = src(i);
+        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+        dst[2 * i..2 * i + 2].copy_from_slice(&b[208..210]);
+        for sub in 0..16 {
+            dst[16 + 16 * (sub / 2) + 2 * i + sub % 2] = sc[sub];
+        }
+        for half in 0..2 {
+            for q in 0..2 {
+                for j in 0..8 {
+                    let at = 144 + 512 * half + 256 * q + 32 * j + 4 * i;
+                    let from = 64 * half + 32 * q + 4 * j;
+                    dst[at..at + 4].copy_from_slice(&ql[from..from + 4]);
+                }
+            }
+            for j in 0..8 {
+                let at = 1168 + 256 * half + 32 * j + 4 * i;
+                let from = 32 * half + 4 * j;
+                dst[at..at + 4].copy_from_slice(&qh[from..from + 4]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qdot::{RowDots, quantize_q8, quantize_q8k};
+    use crate::quant::tests::random_row;
+
+    /// Every interleaved kernel gives, for each of eight rows, what the
+    /// portable kernel gives on the row-major original, for 1 to 4 tokens,
+    /// on raw random bytes (every code, scale and minimum) and odd widths.
+    #[test]
+    fn interleaved_kernels_match_portable_row_kernels() {
+        let sets: Vec<_> = RowDots::available()
+            .into_iter()
+            .filter_map(|s| s.rows8.map(|r| (s.isa, r)))
+            .collect();
+        for ty in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            let fmt = Rows8Format::of(ty).unwrap();
+            for (rows, blocks) in [(8usize, 1usize), (16, 3), (24, 7)] {
+                let cols = blocks * fmt.block_len();
+                let data = random_row(ty, rows * cols, 77 + (rows * blocks) as u64 + ty.ggml_id() as u64);
+                let w = WeightRef {
+                    dtype: ty,
+                    rows,
+                    cols,
+                    data: &data,
+                    layout: crate::matmul::Layout::Rows,
+                };
+                let packed = interleave_rows8(&w).unwrap();
+                let group = packed.len() / (rows / 8);
+                for nt in 1..=crate::qdot::MAX_TOKENS {
+                    let x: Vec<f32> = (0..nt * cols)
+                        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02 + (i % 7) as f32 * 0.003)
+                        .collect();
+                    for (isa, r8) in &sets {
+                        for g in 0..rows / 8 {
+                            let mut got = vec![0f32; 8 * nt];
+                            let mut want = vec![0f32; 8 * nt];
+                            let wg = &packed[g * group..(g + 1) * group];
+                            let scale = |i: usize, t: usize| -> f32 {
+                                let mut deq = vec![0f32; cols];
+                                crate::quant::dequantize_row(ty, w.row(8 * g + i), &mut deq);
+                                deq.iter().zip(&x[t * cols..]).map(|(a, b)| (a * b).abs()).sum()
+                            };
+                            if let Some(k) = r8.q8(ty) {
+                                let a = quantize_q8(&x);
+                                k(wg, &a, &mut got);
+                                for i in 0..8 {
+                                    let mut res = vec![0f32; nt];
+                                    (RowDots::PORTABLE.q8(ty).unwrap())(w.row(8 * g + i), &a, &mut res);
+                                    for t in 0..nt {
+                                        want[8 * t + i] = res[t];
+                                    }
+                                }
+                            } else {
+                                let a = quantize_q8k(&x);
+                                r8.q8k(ty).unwrap()(wg, &a, &mut got);
+                                for i in 0..8 {
+                                    let mut res = vec![0f32; nt];
+                                    (RowDots::PORTABLE.q8k(ty).unwrap())(w.row(8 * g + i), &a, &mut res);
+                                    for t in 0..nt {
+                                        want[8 * t + i] = res[t];
+                                    }
+                                }
+                            }
+                            for t in 0..nt {
+                                for i in 0..8 {
+                                    let (a, b) = (got[8 * t + i], want[8 * t + i]);
+                                    assert!(
+                                        (a - b).abs() <= 1e-5 * scale(i, t).max(1e-3),
+                                        "{isa} {ty} rows={rows} blocks={blocks} nt={nt} group={g} row={i} token={t}: {a} vs {b}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_whole_groups_of_eight_rows_interleave() {
+        let data = random_row(DType::Q4_0, 12 * 32, 1);
+        let w = WeightRef {
+            dtype: DType::Q4_0,
+            rows: 12,
+            cols: 32,
+            data: &data,
+            layout: crate::matmul::Layout::Rows,
+        };
+        assert!(interleave_rows8(&w).is_none());
+        let f = WeightRef {
+            dtype: DType::F32,
+            rows: 8,
+            cols: 1,
+            data: &[0; 32],
+            layout: crate::matmul::Layout::Rows,
+        };
+        assert!(interleave_rows8(&f).is_none());
+    }
 }

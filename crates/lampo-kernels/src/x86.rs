@@ -129,6 +129,27 @@ macro_rules! rows8_entry {
     };
 }
 
+/// Safe entry points for the interleaved k-quant kernels.
+macro_rules! rows8k_entry {
+    ($entry:ident, $kernel:ident [$($extra:tt)*], $fmt:expr) => {
+        fn $entry(w: &[u8], acts: &[Q8KBlock], out: &mut [f32]) {
+            let nt = out.len() / 8;
+            assert_eq!(out.len(), nt * 8, "output of {} values", out.len());
+            let blocks = check(w, $fmt.group_bytes(), acts, &out[..nt]);
+            let (wp, ap, op) = (w.as_ptr(), acts.as_ptr(), out.as_mut_ptr());
+            // SAFETY: as for the row-major entries.
+            unsafe {
+                match nt {
+                    1 => $kernel::<1 $($extra)*>(wp, blocks, ap, op),
+                    2 => $kernel::<2 $($extra)*>(wp, blocks, ap, op),
+                    3 => $kernel::<3 $($extra)*>(wp, blocks, ap, op),
+                    _ => $kernel::<4 $($extra)*>(wp, blocks, ap, op),
+                }
+            }
+        }
+    };
+}
+
 /// Expands to one module of kernels; `$features` must include the
 /// instructions the module's primitives use.
 macro_rules! row_dots {
@@ -412,6 +433,166 @@ macro_rules! row_dots {
                 }
             }
 
+            /// Q4_K (`FIFTH = false`) and Q5_K interleaved eight rows at a time
+            /// (see `repack`): per 32-value sub-block, eight multiply-adds give
+            /// each row's integer sum in its lane, then one multiply by the
+            /// eight rows' scales.
+            #[target_feature(enable = $features)]
+            unsafe fn k4_rows8_n<const N: usize, const FIFTH: bool>(
+                w: *const u8,
+                blocks: usize,
+                acts: *const Q8KBlock,
+                out: *mut f32,
+            ) {
+                let group = if FIFTH { 1440 } else { 1184 };
+                let mut acc = [_mm256_setzero_ps(); N];
+                let m4 = _mm256_set1_epi8(0x0f);
+                for b in 0..blocks {
+                    // SAFETY (caller): `blocks` groups of weights and
+                    // `N × blocks` activation blocks are readable.
+                    unsafe {
+                        let g = w.add(b * group);
+                        let mut iacc = [_mm256_setzero_si256(); N];
+                        for chunk in 0..4 {
+                            let mut s_lo = [_mm256_setzero_si256(); N];
+                            let mut s_hi = [_mm256_setzero_si256(); N];
+                            for j in 0..8 {
+                                let p = _mm256_loadu_si256(g.add(160 + 256 * chunk + 32 * j) as *const __m256i);
+                                let mut lo = _mm256_and_si256(p, m4);
+                                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), m4);
+                                if FIFTH {
+                                    let masks = g.add(1184) as *const u32;
+                                    lo = _mm256_or_si256(lo, high_bits(masks.add(16 * chunk + j).read_unaligned()));
+                                    hi = _mm256_or_si256(hi, high_bits(masks.add(16 * chunk + 8 + j).read_unaligned()));
+                                }
+                                for t in 0..N {
+                                    let ya = (*acts.add(t * blocks + b)).qs.as_ptr().add(64 * chunk + 4 * j);
+                                    let a_lo = _mm256_set1_epi32((ya as *const i32).read_unaligned());
+                                    let a_hi = _mm256_set1_epi32((ya.add(32) as *const i32).read_unaligned());
+                                    s_lo[t] = dot_acc(s_lo[t], lo, a_lo);
+                                    s_hi[t] = dot_acc(s_hi[t], hi, a_hi);
+                                }
+                            }
+                            let sc = g.add(32 + 16 * chunk);
+                            let sc_lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc as *const __m128i));
+                            let sc_hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc.add(8) as *const __m128i));
+                            for t in 0..N {
+                                let scaled = _mm256_add_epi32(
+                                    _mm256_mullo_epi32(s_lo[t], sc_lo),
+                                    _mm256_mullo_epi32(s_hi[t], sc_hi),
+                                );
+                                iacc[t] = _mm256_add_epi32(iacc[t], scaled);
+                            }
+                        }
+                        let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+                        let dmin8 = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i));
+                        for t in 0..N {
+                            let y = &*acts.add(t * blocks + b);
+                            let mut imin = _mm256_setzero_si256();
+                            for pair in 0..4 {
+                                let m = _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(96 + 16 * pair) as *const __m128i));
+                                let s0 = y.bsums[4 * pair] + y.bsums[4 * pair + 1];
+                                let s1 = y.bsums[4 * pair + 2] + y.bsums[4 * pair + 3];
+                                let sums = _mm256_set1_epi32((s0 as u16 as u32 | ((s1 as u16 as u32) << 16)) as i32);
+                                imin = _mm256_add_epi32(imin, _mm256_madd_epi16(m, sums));
+                            }
+                            let yd = _mm256_set1_ps(y.d);
+                            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, yd), _mm256_cvtepi32_ps(iacc[t]), acc[t]);
+                            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin8, yd), _mm256_cvtepi32_ps(imin), acc[t]);
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // SAFETY (caller): `out` holds 8 × N values.
+                    unsafe { _mm256_storeu_ps(out.add(8 * t), acc[t]) };
+                }
+            }
+
+            /// Q6_K interleaved eight rows at a time: 6-bit values offset by
+            /// 32 and sixteen signed 8-bit scales per row and block.
+            #[target_feature(enable = $features)]
+            unsafe fn q6_k_rows8_n<const N: usize>(
+                w: *const u8,
+                blocks: usize,
+                acts: *const Q8KBlock,
+                out: *mut f32,
+            ) {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let m4 = _mm256_set1_epi8(0x0f);
+                let m30 = _mm256_set1_epi8(0x30);
+                for b in 0..blocks {
+                    // SAFETY (caller): as above.
+                    unsafe {
+                        let g = w.add(b * 1680);
+                        let mut iacc = [_mm256_setzero_si256(); N];
+                        for half in 0..2 {
+                            for part in 0..4 {
+                                let mut s = [[_mm256_setzero_si256(); N]; 2];
+                                for j in 0..8 {
+                                    let l = _mm256_loadu_si256(
+                                        g.add(144 + 512 * half + 256 * (part & 1) + 32 * j) as *const __m256i,
+                                    );
+                                    let h = _mm256_loadu_si256(g.add(1168 + 256 * half + 32 * j) as *const __m256i);
+                                    let (nib, high) = match part {
+                                        0 => (_mm256_and_si256(l, m4), _mm256_slli_epi16::<4>(h)),
+                                        1 => (_mm256_and_si256(l, m4), _mm256_slli_epi16::<2>(h)),
+                                        2 => (_mm256_and_si256(_mm256_srli_epi16::<4>(l), m4), h),
+                                        _ => (_mm256_and_si256(_mm256_srli_epi16::<4>(l), m4), _mm256_srli_epi16::<2>(h)),
+                                    };
+                                    let v = _mm256_or_si256(nib, _mm256_and_si256(high, m30));
+                                    for t in 0..N {
+                                        let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                                        let a = _mm256_set1_epi32(
+                                            (ya.add(128 * half + 32 * part + 4 * j) as *const i32).read_unaligned(),
+                                        );
+                                        s[j / 4][t] = dot_acc(s[j / 4][t], v, a);
+                                    }
+                                }
+                                let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                    g.add(16 + 16 * (4 * half + part)) as *const __m128i,
+                                ));
+                                let even = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs));
+                                let odd = _mm256_srai_epi32::<16>(pairs);
+                                for t in 0..N {
+                                    let scaled = _mm256_add_epi32(
+                                        _mm256_mullo_epi32(s[0][t], even),
+                                        _mm256_mullo_epi32(s[1][t], odd),
+                                    );
+                                    iacc[t] = _mm256_add_epi32(iacc[t], scaled);
+                                }
+                            }
+                        }
+                        let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+                        for t in 0..N {
+                            let y = &*acts.add(t * blocks + b);
+                            // The offset of 32 times each sub-block's activation sum.
+                            let mut ioff = _mm256_setzero_si256();
+                            for k in 0..8 {
+                                let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(g.add(16 + 16 * k) as *const __m128i));
+                                let s0 = y.bsums[2 * k] as u16 as u32;
+                                let s1 = y.bsums[2 * k + 1] as u16 as u32;
+                                let sums = _mm256_set1_epi32((s0 | (s1 << 16)) as i32);
+                                ioff = _mm256_add_epi32(ioff, _mm256_madd_epi16(pairs, sums));
+                            }
+                            let total = _mm256_sub_epi32(iacc[t], _mm256_slli_epi32::<5>(ioff));
+                            acc[t] = _mm256_fmadd_ps(
+                                _mm256_mul_ps(d8, _mm256_set1_ps(y.d)),
+                                _mm256_cvtepi32_ps(total),
+                                acc[t],
+                            );
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // SAFETY (caller): `out` holds 8 × N values.
+                    unsafe { _mm256_storeu_ps(out.add(8 * t), acc[t]) };
+                }
+            }
+
+            rows8k_entry!(rows8_q4_k, k4_rows8_n[, false], Rows8Format::Q4_K);
+            rows8k_entry!(rows8_q5_k, k4_rows8_n[, true], Rows8Format::Q5_K);
+            rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
+
             rows8_entry!(rows8_q4_0, Rows8Format::Q4_0);
             rows8_entry!(rows8_q4_1, Rows8Format::Q4_1);
             rows8_entry!(rows8_q5_0, Rows8Format::Q5_0);
@@ -468,6 +649,9 @@ macro_rules! row_dots {
                         q5_0: rows8_q5_0,
                         q5_1: rows8_q5_1,
                         q8_0: rows8_q8_0,
+                        q4_k: rows8_q4_k,
+                        q5_k: rows8_q5_k,
+                        q6_k: rows8_q6_k,
                     }),
                     quantize_q8,
                     quantize_q8k,

@@ -494,7 +494,7 @@ fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weigh
 /// format, and lets the kernel drop the mapped original from memory (it
 /// stays in the page cache for the f32-activation path).
 fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
-    if RowDots::detected().rows8.and_then(|k| k.get(w.dtype)).is_none() {
+    if !RowDots::detected().rows8.is_some_and(|k| k.supports(w.dtype)) {
         return w;
     }
     let original = WeightRef {

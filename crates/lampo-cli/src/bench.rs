@@ -130,7 +130,11 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     }
     let mut results = Vec::new();
     for (test, n, f) in [
-        ("pp", a.n_prompt, prompt_run as fn(&Model, usize, &mut Tokens) -> Result<f64>),
+        (
+            "pp",
+            a.n_prompt,
+            prompt_run as fn(&Model, usize, &mut Tokens) -> Result<f64>,
+        ),
         ("tg", a.n_gen, gen_run),
     ] {
         if n == 0 {
@@ -153,14 +157,19 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     // the positions so far (on average half the generated length).
     let decode_bytes = |n: usize| weights + model.kv_bytes_per_position() * n as u64 / 2;
     let file_bytes = std::fs::metadata(path)?.len();
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let acts = if a.f32_activations { "f32" } else { "q8" };
 
     if a.json {
         let tests: Vec<_> = results
             .iter()
             .map(|m| {
-                let bw = m.test.starts_with("tg").then(|| decode_bytes(m.tokens) as f64 * m.mean());
+                let bw = m
+                    .test
+                    .starts_with("tg")
+                    .then(|| decode_bytes(m.tokens) as f64 * m.mean());
                 serde_json::json!({
                     "test": m.test,
                     "n_tokens": m.tokens,
@@ -191,7 +200,10 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     for m in &results {
         let (bw, frac) = if m.test.starts_with("tg") {
             let b = decode_bytes(m.tokens) as f64 * m.mean();
-            (format!("{:.1}", gb(b)), format!("{:.0}%", 100.0 * b / bandwidth))
+            (
+                format!("{:.1}", gb(b)),
+                format!("{:.0}%", 100.0 * b / bandwidth),
+            )
         } else {
             (String::from("-"), String::from("-"))
         };

@@ -33,7 +33,10 @@ fn sum(words: &[u64]) -> u64 {
             acc[i] = acc[i].wrapping_add(c[i]);
         }
     }
-    let tail = chunks.remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_add(b));
     acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 

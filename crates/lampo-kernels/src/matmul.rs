@@ -114,7 +114,10 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
         );
     }
     let integer = |w: &WeightRef| acts == Activations::Q8 && w.dtype.act_format().is_some();
-    let wants = |f: ActFormat| jobs.iter().any(|(w, _)| integer(w) && w.dtype.act_format() == Some(f));
+    let wants = |f: ActFormat| {
+        jobs.iter()
+            .any(|(w, _)| integer(w) && w.dtype.act_format() == Some(f))
+    };
     let q8 = if wants(ActFormat::Q8) {
         quantize_rows(x, cols, 32, Q8Block::ZERO, quantize_q8_into)
     } else {
@@ -141,7 +144,9 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
                 let rows = lo - base..hi - base;
                 match (integer(w), w.layout) {
                     (true, Layout::Rows8) => {
-                        let k = kernels.rows8.expect("interleaved weights without their kernels");
+                        let k = kernels
+                            .rows8
+                            .expect("interleaved weights without their kernels");
                         match (k.q8(w.dtype), k.q8k(w.dtype)) {
                             (Some(k), _) => integer_rows8(w, &q8, k, n, rows, *out),
                             (_, Some(k)) => integer_rows8(w, &q8k, k, n, rows, *out),
@@ -244,7 +249,11 @@ fn integer_rows8<B>(
             let a = &acts[t0 * per_row..(t0 + nt) * per_row];
             for g in g0..g1 {
                 let mut res = [0f32; 8 * MAX_TOKENS];
-                kernel(&w.data[g * group_bytes..(g + 1) * group_bytes], a, &mut res[..8 * nt]);
+                kernel(
+                    &w.data[g * group_bytes..(g + 1) * group_bytes],
+                    a,
+                    &mut res[..8 * nt],
+                );
                 for t in 0..nt {
                     for i in 0..8 {
                         // SAFETY: as in `integer_rows`; group `g`'s rows belong

@@ -189,7 +189,7 @@ fn worker(s: &Shared, index: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(256) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
@@ -304,7 +304,8 @@ pub fn for_each_chunk_mut<T: Send>(
             let end = ((i + 1) * chunk).min(len);
             // SAFETY: each piece index goes to exactly one thread, so the
             // slices are disjoint, and all lie inside `out`.
-            let piece = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
+            let piece =
+                unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
             f(i, piece);
         }
     });
@@ -328,7 +329,8 @@ pub fn for_each_chunk_mut_interleaved<T: Send>(
             let end = ((i + 1) * chunk).min(len);
             // SAFETY: piece `i` goes to thread `i % threads` only, so the
             // slices are disjoint, and all lie inside `out`.
-            let piece = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
+            let piece =
+                unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
             f(i, piece);
         }
     });

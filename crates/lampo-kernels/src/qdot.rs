@@ -91,7 +91,7 @@ pub fn quantize_q8k_into(x: &[f32], out: &mut [Q8KBlock]) {
 #[inline(always)]
 pub(crate) fn quantize_q8_generic(x: &[f32], out: &mut [Q8Block]) {
     assert!(
-        x.len() % 32 == 0 && out.len() == x.len() / 32,
+        x.len().is_multiple_of(32) && out.len() == x.len() / 32,
         "activations of {} values are not {} 32-blocks",
         x.len(),
         out.len()
@@ -123,7 +123,7 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
 #[inline(always)]
 pub(crate) fn quantize_q8k_generic(x: &[f32], out: &mut [Q8KBlock]) {
     assert!(
-        x.len() % QK_K == 0 && out.len() == x.len() / QK_K,
+        x.len().is_multiple_of(QK_K) && out.len() == x.len() / QK_K,
         "activations of {} values are not {} 256-blocks",
         x.len(),
         out.len()
@@ -203,6 +203,8 @@ fn quantize_q8k_portable(x: &[f32], out: &mut [Q8KBlock]) {
 /// Kernels for the interleaved layout ([`crate::repack`]).
 #[derive(Clone, Copy)]
 pub struct Rows8Dots {
+    /// Bytes of each row side by side in one vector: the layout to build.
+    pub unit: usize,
     pub q4_0: Q8RowDot,
     pub q4_1: Q8RowDot,
     pub q5_0: Q8RowDot,
@@ -525,12 +527,18 @@ mod tests {
         match ty.act_format().unwrap() {
             ActFormat::Q8 => {
                 let b = quantize_q8(&x);
-                let xq = b.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect();
+                let xq = b
+                    .iter()
+                    .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+                    .collect();
                 (Acts::Q8(b), xq)
             }
             ActFormat::Q8K => {
                 let b = quantize_q8k(&x);
-                let xq = b.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect();
+                let xq = b
+                    .iter()
+                    .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+                    .collect();
                 (Acts::Q8K(b), xq)
             }
         }

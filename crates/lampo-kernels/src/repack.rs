@@ -1,13 +1,14 @@
 //! Weights regrouped at load time into a layout the SIMD kernels read faster.
 //!
-//! GGUF stores a matrix row by row. For the 32-value block formats, Lampo
-//! regroups rows eight at a time: for each block column, the eight rows'
-//! scales side by side, then their quantized values transposed in 4-byte
-//! pieces, so that one 256-bit vector holds four consecutive weights of each
-//! of the eight rows. An integer multiply-add against four broadcast
-//! activation bytes then yields a partial dot product per row in each 32-bit
-//! lane, and the block's float scaling is one vector operation for all
-//! eight rows. The size is unchanged: the same bytes in another order.
+//! GGUF stores a matrix row by row. Lampo regroups rows eight at a time: for
+//! each block column, the eight rows' scales side by side, then their
+//! quantized values transposed in pieces of `unit` bytes, so that one vector
+//! holds `unit` consecutive bytes of each of the eight rows (4 for 256-bit
+//! vectors, 8 for 512-bit ones). An integer multiply-add against broadcast
+//! activation bytes then yields partial dot products per row in its own
+//! lanes, and the block's float scaling is one vector operation for all
+//! eight rows. The size is unchanged (the k-quants' packed 6-bit scales
+//! aside): the same bytes in another order.
 
 use crate::matmul::WeightRef;
 use crate::quant::DType;
@@ -126,12 +127,13 @@ impl Rows8Format {
 /// The interleaved copy of `w`, or `None` when its format has no such
 /// layout or its rows are not a multiple of eight.
 ///
-/// Per block column: eight f16 scales, eight f16 minimums (Q4_1/Q5_1), the
-/// values as vectors of 32 bytes where bytes `4i..4i+4` come from row `i`
-/// (for the 4- and 5-bit formats each byte holds value `k` in its low nibble
-/// and `k + 16` in its high one, exactly as in GGUF), then for the 5-bit
-/// formats eight 32-bit masks of fifth bits, one per unpacked vector.
-pub fn interleave_rows8(w: &WeightRef) -> Option<Vec<u8>> {
+/// Per block column of a 32-value format: eight f16 scales, eight f16
+/// minimums (Q4_1/Q5_1), the values as vectors of `8 unit` bytes where bytes
+/// `unit i..` come from row `i` (for the 4- and 5-bit formats each byte holds
+/// value `k` in its low nibble and `k + 16` in its high one, as in GGUF),
+/// then for the 5-bit formats a mask of fifth bits per unpacked vector.
+pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Vec<u8>> {
+    assert!(unit == 4 || unit == 8, "units of {unit} bytes");
     let fmt = Rows8Format::of(w.dtype)?;
     let len = fmt.block_len();
     if !w.rows.is_multiple_of(8) || w.cols == 0 || !w.cols.is_multiple_of(len) {
@@ -148,9 +150,9 @@ pub fn interleave_rows8(w: &WeightRef) -> Option<Vec<u8>> {
         for (b, dst) in dst_group.chunks_exact_mut(gb).enumerate() {
             let src = |i: usize| &w.data[((gi * 8 + i) * blocks + b) * bb..][..bb];
             match fmt {
-                Rows8Format::Q4_K | Rows8Format::Q5_K => interleave_k4(fmt, dst, src),
-                Rows8Format::Q6_K => interleave_q6_k(dst, src),
-                _ => interleave_32(fmt, dst, src),
+                Rows8Format::Q4_K | Rows8Format::Q5_K => interleave_k4(fmt, unit, dst, src),
+                Rows8Format::Q6_K => interleave_q6_k(unit, dst, src),
+                _ => interleave_32(fmt, unit, dst, src),
             }
         }
     }
@@ -158,7 +160,7 @@ pub fn interleave_rows8(w: &WeightRef) -> Option<Vec<u8>> {
 }
 
 /// One block column of a 32-value format.
-fn interleave_32<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+fn interleave_32<'a>(fmt: Rows8Format, u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
     let (qoff, qlen) = fmt.quants();
     for i in 0..8 {
         dst[2 * i..2 * i + 2].copy_from_slice(&src(i)[..2]);
@@ -170,24 +172,30 @@ fn interleave_32<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'
         }
         o = 32;
     }
-    for j in 0..qlen / 4 {
+    for j in 0..qlen / u {
         for i in 0..8 {
-            let at = o + 32 * j + 4 * i;
-            dst[at..at + 4].copy_from_slice(&src(i)[qoff + 4 * j..qoff + 4 * j + 4]);
+            let at = o + 8 * u * j + u * i;
+            dst[at..at + u].copy_from_slice(&src(i)[qoff + u * j..qoff + u * (j + 1)]);
         }
     }
     if fmt.five_bit() {
         let qh_at = if fmt.has_min() { 4 } else { 2 };
-        for (v, mask_at) in (0..8).map(|v| (v, o + 128 + 4 * v)) {
-            // Vector `v < 4` holds values 4v..4v+4 of each row, `v >= 4`
-            // values 16 + 4(v-4)..: the high nibbles of the same bytes.
-            let first = if v < 4 { 4 * v } else { 16 + 4 * (v - 4) };
-            let mut mask = 0u32;
+        let vectors = 16 / u;
+        for v in 0..2 * vectors {
+            // Vector `v` unpacks the low nibbles of bytes `u v..` (values
+            // `u v..`) or, past `vectors`, the high nibbles (values `16 + ..`).
+            let first = if v < vectors {
+                u * v
+            } else {
+                16 + u * (v - vectors)
+            };
+            let mut mask = 0u64;
             for i in 0..8 {
-                let qh = u32::from_le_bytes(src(i)[qh_at..qh_at + 4].try_into().unwrap());
-                mask |= ((qh >> first) & 0xf) << (4 * i);
+                let qh = u32::from_le_bytes(src(i)[qh_at..qh_at + 4].try_into().unwrap()) as u64;
+                mask |= ((qh >> first) & ((1 << u) - 1)) << (u * i);
             }
-            dst[mask_at..mask_at + 4].copy_from_slice(&mask.to_le_bytes());
+            let at = o + 128 + u * v;
+            dst[at..at + u].copy_from_slice(&mask.to_le_bytes()[..u]);
         }
     }
 }
@@ -196,11 +204,15 @@ fn interleave_32<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'
 /// scales, the 6-bit sub-block scales as bytes `[sub][row]`, the minimums as
 /// bytes `[pair][row][2]` (sub-blocks `2p` and `2p + 1` side by side, for a
 /// 16-bit multiply-add against pairs of activation sums), the values as
-/// vectors `[chunk][j]` whose bytes `4i..4i+4` are row `i`'s bytes
-/// `32 chunk + 4j..` (low nibbles: sub-block `2 chunk`, high: `2 chunk + 1`),
-/// then for Q5_K one 32-bit mask of fifth bits per unpacked vector `[sub][j]`.
-fn interleave_k4<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
-    let (qs_at, qh_at) = if fmt == Rows8Format::Q5_K { (48, 16) } else { (16, 0) };
+/// vectors `[chunk][j]` whose bytes `unit i..` are row `i`'s bytes
+/// `32 chunk + unit j..` (low nibbles: sub-block `2 chunk`, high: the next),
+/// then for Q5_K a mask of fifth bits per unpacked vector `[sub][j]`.
+fn interleave_k4<'a>(fmt: Rows8Format, u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    let (qs_at, qh_at) = if fmt == Rows8Format::Q5_K {
+        (48, 16)
+    } else {
+        (16, 0)
+    };
     for i in 0..8 {
         let b = src(i);
         dst[2 * i..2 * i + 2].copy_from_slice(&b[..2]);
@@ -211,25 +223,26 @@ fn interleave_k4<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'
             dst[96 + 16 * (sub / 2) + 2 * i + sub % 2] = m[sub] as u8;
         }
         for chunk in 0..4 {
-            for j in 0..8 {
-                let at = 160 + 256 * chunk + 32 * j + 4 * i;
-                let from = qs_at + 32 * chunk + 4 * j;
-                dst[at..at + 4].copy_from_slice(&b[from..from + 4]);
+            for j in 0..32 / u {
+                let at = 160 + 256 * chunk + 8 * u * j + u * i;
+                let from = qs_at + 32 * chunk + u * j;
+                dst[at..at + u].copy_from_slice(&b[from..from + u]);
             }
         }
     }
     if fmt == Rows8Format::Q5_K {
+        let vectors = 32 / u;
         for sub in 0..8 {
-            for j in 0..8 {
-                let mut mask = 0u32;
+            for j in 0..vectors {
+                let mut mask = 0u64;
                 for i in 0..8 {
                     let qh = &src(i)[qh_at..qh_at + 32];
-                    for c in 0..4 {
-                        mask |= (((qh[4 * j + c] >> sub) & 1) as u32) << (4 * i + c);
+                    for c in 0..u {
+                        mask |= (((qh[u * j + c] >> sub) & 1) as u64) << (u * i + c);
                     }
                 }
-                let at = 1184 + 4 * (8 * sub + j);
-                dst[at..at + 4].copy_from_slice(&mask.to_le_bytes());
+                let at = 1184 + u * (vectors * sub + j);
+                dst[at..at + u].copy_from_slice(&mask.to_le_bytes()[..u]);
             }
         }
     }
@@ -237,9 +250,9 @@ fn interleave_k4<'a>(fmt: Rows8Format, dst: &mut [u8], src: impl Fn(usize) -> &'
 
 /// One block column of Q6_K: eight f16 scales, the 8-bit sub-block scales
 /// as bytes `[pair][row][2]`, the low nibbles as vectors `[half][q][j]`
-/// (row `i`'s bytes `64 half + 32 q + 4j..` at `4i`), the two high bits as
-/// vectors `[half][j]` (row `i`'s bytes `32 half + 4j..` at `4i`).
-fn interleave_q6_k<'a>(dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+/// (row `i`'s bytes `64 half + 32 q + unit j..` at `unit i`), the two high
+/// bits as vectors `[half][j]` (row `i`'s bytes `32 half + unit j..`).
+fn interleave_q6_k<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
     for i in 0..8 {
         let b = src(i);
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
@@ -249,16 +262,16 @@ fn interleave_q6_k<'a>(dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
         }
         for half in 0..2 {
             for q in 0..2 {
-                for j in 0..8 {
-                    let at = 144 + 512 * half + 256 * q + 32 * j + 4 * i;
-                    let from = 64 * half + 32 * q + 4 * j;
-                    dst[at..at + 4].copy_from_slice(&ql[from..from + 4]);
+                for j in 0..32 / u {
+                    let at = 144 + 512 * half + 256 * q + 8 * u * j + u * i;
+                    let from = 64 * half + 32 * q + u * j;
+                    dst[at..at + u].copy_from_slice(&ql[from..from + u]);
                 }
             }
-            for j in 0..8 {
-                let at = 1168 + 256 * half + 32 * j + 4 * i;
-                let from = 32 * half + 4 * j;
-                dst[at..at + 4].copy_from_slice(&qh[from..from + 4]);
+            for j in 0..32 / u {
+                let at = 1168 + 256 * half + 8 * u * j + u * i;
+                let from = 32 * half + u * j;
+                dst[at..at + u].copy_from_slice(&qh[from..from + u]);
             }
         }
     }
@@ -279,6 +292,7 @@ mod tests {
             .into_iter()
             .filter_map(|s| s.rows8.map(|r| (s.isa, r)))
             .collect();
+        assert!(!sets.is_empty() || !cfg!(target_arch = "x86_64"));
         for ty in [
             DType::Q4_0,
             DType::Q4_1,
@@ -292,7 +306,11 @@ mod tests {
             let fmt = Rows8Format::of(ty).unwrap();
             for (rows, blocks) in [(8usize, 1usize), (16, 3), (24, 7)] {
                 let cols = blocks * fmt.block_len();
-                let data = random_row(ty, rows * cols, 77 + (rows * blocks) as u64 + ty.ggml_id() as u64);
+                let data = random_row(
+                    ty,
+                    rows * cols,
+                    77 + (rows * blocks) as u64 + ty.ggml_id() as u64,
+                );
                 let w = WeightRef {
                     dtype: ty,
                     rows,
@@ -300,13 +318,13 @@ mod tests {
                     data: &data,
                     layout: crate::matmul::Layout::Rows,
                 };
-                let packed = interleave_rows8(&w).unwrap();
-                let group = packed.len() / (rows / 8);
                 for nt in 1..=crate::qdot::MAX_TOKENS {
                     let x: Vec<f32> = (0..nt * cols)
                         .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02 + (i % 7) as f32 * 0.003)
                         .collect();
                     for (isa, r8) in &sets {
+                        let packed = interleave_rows8(&w, r8.unit).unwrap();
+                        let group = packed.len() / (rows / 8);
                         for g in 0..rows / 8 {
                             let mut got = vec![0f32; 8 * nt];
                             let mut want = vec![0f32; 8 * nt];
@@ -314,14 +332,21 @@ mod tests {
                             let scale = |i: usize, t: usize| -> f32 {
                                 let mut deq = vec![0f32; cols];
                                 crate::quant::dequantize_row(ty, w.row(8 * g + i), &mut deq);
-                                deq.iter().zip(&x[t * cols..]).map(|(a, b)| (a * b).abs()).sum()
+                                deq.iter()
+                                    .zip(&x[t * cols..])
+                                    .map(|(a, b)| (a * b).abs())
+                                    .sum()
                             };
                             if let Some(k) = r8.q8(ty) {
                                 let a = quantize_q8(&x);
                                 k(wg, &a, &mut got);
                                 for i in 0..8 {
                                     let mut res = vec![0f32; nt];
-                                    (RowDots::PORTABLE.q8(ty).unwrap())(w.row(8 * g + i), &a, &mut res);
+                                    (RowDots::PORTABLE.q8(ty).unwrap())(
+                                        w.row(8 * g + i),
+                                        &a,
+                                        &mut res,
+                                    );
                                     for t in 0..nt {
                                         want[8 * t + i] = res[t];
                                     }
@@ -331,7 +356,11 @@ mod tests {
                                 r8.q8k(ty).unwrap()(wg, &a, &mut got);
                                 for i in 0..8 {
                                     let mut res = vec![0f32; nt];
-                                    (RowDots::PORTABLE.q8k(ty).unwrap())(w.row(8 * g + i), &a, &mut res);
+                                    (RowDots::PORTABLE.q8k(ty).unwrap())(
+                                        w.row(8 * g + i),
+                                        &a,
+                                        &mut res,
+                                    );
                                     for t in 0..nt {
                                         want[8 * t + i] = res[t];
                                     }
@@ -363,7 +392,7 @@ mod tests {
             data: &data,
             layout: crate::matmul::Layout::Rows,
         };
-        assert!(interleave_rows8(&w).is_none());
+        assert!(interleave_rows8(&w, 4).is_none());
         let f = WeightRef {
             dtype: DType::F32,
             rows: 8,
@@ -371,6 +400,6 @@ mod tests {
             data: &[0; 32],
             layout: crate::matmul::Layout::Rows,
         };
-        assert!(interleave_rows8(&f).is_none());
+        assert!(interleave_rows8(&f, 8).is_none());
     }
 }

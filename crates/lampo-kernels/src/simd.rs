@@ -208,20 +208,28 @@ mod tests {
     #[test]
     fn f16_dot_and_axpy_match_portable_on_odd_sizes() {
         for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 200] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
+                .collect();
             let b: Vec<f16> = (0..n)
                 .map(|i| f16::from_f32(((i * 7 % 11) as f32 - 5.0) * 0.5))
                 .collect();
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * y.to_f64()).sum();
             assert!((dot_f16(&a, &b) as f64 - exact).abs() < 1e-3, "dot n={n}");
-            assert!((dot_f16_portable(&a, &b) as f64 - exact).abs() < 1e-3, "portable n={n}");
+            assert!(
+                (dot_f16_portable(&a, &b) as f64 - exact).abs() < 1e-3,
+                "portable n={n}"
+            );
             let mut fast = a.clone();
             let mut slow = a.clone();
             axpy_f16(&mut fast, 0.75, &b);
             axpy_f16_portable(&mut slow, 0.75, &b);
             for (i, (x, y)) in fast.iter().zip(&slow).enumerate() {
                 assert!((x - y).abs() < 1e-5, "axpy n={n} i={i}: {x} vs {y}");
-                assert!((x - (a[i] + 0.75 * b[i].to_f32())).abs() < 1e-5, "axpy value");
+                assert!(
+                    (x - (a[i] + 0.75 * b[i].to_f32())).abs() < 1e-5,
+                    "axpy value"
+                );
             }
         }
     }

@@ -8,10 +8,10 @@ use half::f16;
 
 use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut_interleaved;
-use lampo_kernels::simd::{axpy_f16, dot_f16};
-use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::qdot::RowDots;
+use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::repack::interleave_rows8;
+use lampo_kernels::simd::{axpy_f16, dot_f16};
 use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
 
 use crate::ModelError;
@@ -494,9 +494,9 @@ fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weigh
 /// format, and lets the kernel drop the mapped original from memory (it
 /// stays in the page cache for the f32-activation path).
 fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
-    if !RowDots::detected().rows8.is_some_and(|k| k.supports(w.dtype)) {
+    let Some(kernels) = RowDots::detected().rows8.filter(|k| k.supports(w.dtype)) else {
         return w;
-    }
+    };
     let original = WeightRef {
         dtype: w.dtype,
         rows: w.rows,
@@ -504,7 +504,7 @@ fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
         data: file.data_slice(w.offset, w.size),
         layout: Layout::Rows,
     };
-    w.interleaved = interleave_rows8(&original);
+    w.interleaved = interleave_rows8(&original, kernels.unit);
     if w.interleaved.is_some() {
         file.release(w.offset, w.size);
     }

@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`.
-PROMPT ?= What is the capital of France?
+PROMPT ?= What is the capital of France? Answer in one sentence.
 MODEL ?= smollm2
 CARGO_TEST ?= cargo test --release --workspace
 

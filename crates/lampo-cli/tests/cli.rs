@@ -28,7 +28,7 @@ fn run_chat_answers_paris() {
         "run",
         "--chat",
         "-p",
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one sentence.",
         "--temp",
         "0",
         "-n",
@@ -51,7 +51,7 @@ fn chat_reads_turns_from_a_pipe() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What is the capital of France?\n/exit\n")
+        .write_all(b"What is the capital of France? Answer in one sentence.\n/exit\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());

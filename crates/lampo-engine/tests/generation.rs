@@ -34,7 +34,11 @@ fn greedy(max_tokens: usize) -> GenerateParams {
 #[test]
 fn smollm2_knows_the_capital_of_france() {
     let lm = common::load("smollm2");
-    let (answer, finish) = chat(&lm, "What is the capital of France?", &greedy(48));
+    let (answer, finish) = chat(
+        &lm,
+        "What is the capital of France? Answer in one sentence.",
+        &greedy(48),
+    );
     assert!(answer.contains("Paris"), "answer: {answer:?}");
     assert_eq!(
         finish,

@@ -1,18 +1,98 @@
 //! Elementwise and row-wise transformer ops on f32.
+//!
+//! Each op is written once as plain loops over independent lanes, which the
+//! compiler vectorizes, and compiled twice: portable, and with AVX2+FMA
+//! chosen at run time (`dispatched!`). The exponential of the SIMD build is
+//! a polynomial (`exp_poly`, within 2 ulp of libm's) since a libm call per
+//! value would stop vectorization.
+
+/// Defines `pub fn $name` that runs `$body::<true>` compiled for AVX2+FMA
+/// where the CPU has them, and `$body::<false>` otherwise.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx2_fma() {
+                #[target_feature(enable = "avx2,fma")]
+                fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $body::<true>($($arg),*)
+                }
+                // SAFETY: `avx2_fma` checked that this CPU has the features.
+                return unsafe { fast($($arg),*) };
+            }
+            $body::<false>($($arg),*)
+        }
+    };
+}
+
+/// `e^x` for f32 by range reduction to `[-ln2/2, ln2/2]` and a degree-6
+/// polynomial: vectorizable, unlike a libm call.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.clamp(-87.3, 88.7);
+    let n = (clamped * LOG2E).round_ties_even();
+    let r = (clamped - n * LN2_HI) - n * LN2_LO;
+    // Taylor coefficients 1/k! up to k = 6.
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // Below the clamp the true value is subnormal or zero: flush, as a
+    // masked softmax entry (-inf) must give exactly 0.
+    if x < -87.3 { 0.0 } else { e }
+}
+
+#[inline(always)]
+fn exp<const FAST: bool>(x: f32) -> f32 {
+    if FAST { exp_poly(x) } else { x.exp() }
+}
 
 /// The scale that gives `x` unit root-mean-square. The sum is taken in f64,
-/// as GGML does, so results agree with the reference to the last bits.
-fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let ms = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
+/// as GGML does, so results agree with the reference to the last bits; eight
+/// running sums keep it vectorizable.
+#[inline(always)]
+fn rms_scale_body<const FAST: bool>(x: &[f32], eps: f32) -> f32 {
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += (c[i] * c[i]) as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v * v) as f64).sum();
+    let sum = acc.iter().sum::<f64>() + tail;
+    let ms = (sum / x.len() as f64) as f32;
     1.0 / (ms + eps).sqrt()
+}
+
+dispatched! {
+    /// `1 / rms(x)` with `eps` added to the mean square.
+    pub fn rms_scale(x: &[f32], eps: f32) -> f32 => rms_scale_body
+}
+
+#[inline(always)]
+fn scale_mul_body<const FAST: bool>(x: &[f32], scale: f32, w: &[f32], out: &mut [f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * g;
+    }
+}
+
+dispatched! {
+    /// `out = x * scale * w`, elementwise.
+    pub fn scale_mul(x: &[f32], scale: f32, w: &[f32], out: &mut [f32]) => scale_mul_body
 }
 
 /// `out = x / rms(x) * w`, with `eps` added to the mean square.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let scale = rms_scale(x, eps);
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = (v * scale) * g;
-    }
+    scale_mul(x, rms_scale(x, eps), w, out);
 }
 
 /// `rms_norm` in place, for per-head and post-sublayer norms.
@@ -23,12 +103,32 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// Softmax in place; numerically stable, the sum taken in f64.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
+#[inline(always)]
+fn softmax_body<const FAST: bool>(x: &mut [f32]) {
+    let mut max = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            max[i] = max[i].max(c[i]);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&max)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp::<FAST>(c[i] - max);
+            acc[i] += c[i] as f64;
+        }
+    }
+    let mut sum = acc.iter().sum::<f64>();
+    for v in chunks.into_remainder() {
+        *v = exp::<FAST>(*v - max);
         sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
@@ -37,14 +137,38 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+dispatched! {
+    /// Softmax in place; numerically stable, the sum taken in f64.
+    pub fn softmax(x: &mut [f32]) => softmax_body
 }
 
-/// GELU with the tanh approximation, as Gemma uses.
-pub fn gelu_tanh(x: f32) -> f32 {
+#[inline(always)]
+fn silu_mul_body<const FAST: bool>(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp::<FAST>(-*g)) * u;
+    }
+}
+
+dispatched! {
+    /// `gate = silu(gate) * up`: the SwiGLU of llama-style MLPs.
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) => silu_mul_body
+}
+
+#[inline(always)]
+fn gelu_mul_body<const FAST: bool>(gate: &mut [f32], up: &[f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+        // tanh(y) = 1 - 2 / (e^(2y) + 1), exact at both infinities.
+        let tanh = 1.0 - 2.0 / (exp::<FAST>(2.0 * inner) + 1.0);
+        *g = 0.5 * x * (1.0 + tanh) * u;
+    }
+}
+
+dispatched! {
+    /// `gate = gelu_tanh(gate) * up`: GeGLU with the tanh approximation, as Gemma uses.
+    pub fn gelu_mul(gate: &mut [f32], up: &[f32]) => gelu_mul_body
 }
 
 /// How a rotary embedding pairs up the dimensions of a head.
@@ -76,28 +200,91 @@ impl Rope {
         }
     }
 
-    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`.
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+    /// The sines and cosines for positions `first..first + n`, computed once
+    /// per forward pass and shared by every layer and head.
+    pub fn table(&self, first: usize, n: usize) -> RopeTable {
         let half = self.pairs;
-        // Angles by repeated multiplication, as GGML computes them, so that
-        // rounding agrees with the reference.
-        let mut angles = Vec::with_capacity(half);
-        let mut theta = pos as f32;
-        for _ in 0..half {
-            angles.push(theta.sin_cos());
-            theta *= self.scale;
-        }
-        for head in x.chunks_exact_mut(head_dim) {
-            for (i, &(sin, cos)) in angles.iter().enumerate() {
-                let (a, b) = match self.style {
-                    RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-                    RopeStyle::Halves => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+        let (mut sin, mut cos) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        for pos in first..first + n {
+            // Angles by repeated multiplication, as GGML computes them, so
+            // that rounding agrees with the reference.
+            let mut theta = pos as f32;
+            for _ in 0..half {
+                let (s, c) = theta.sin_cos();
+                sin.push(s);
+                cos.push(c);
+                theta *= self.scale;
             }
         }
+        RopeTable {
+            style: self.style,
+            first,
+            pairs: half,
+            sin,
+            cos,
+        }
+    }
+
+    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        self.table(pos, 1).apply(x, head_dim, pos);
+    }
+}
+
+/// Precomputed rotations for a run of positions.
+pub struct RopeTable {
+    style: RopeStyle,
+    first: usize,
+    pairs: usize,
+    sin: Vec<f32>,
+    cos: Vec<f32>,
+}
+
+#[inline(always)]
+fn rotate_body<const FAST: bool>(
+    x: &mut [f32],
+    head_dim: usize,
+    style: RopeStyle,
+    sin: &[f32],
+    cos: &[f32],
+) {
+    let half = sin.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        match style {
+            RopeStyle::Adjacent => {
+                for (i, pair) in head[..2 * half].chunks_exact_mut(2).enumerate() {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos[i] - x1 * sin[i];
+                    pair[1] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+            RopeStyle::Halves => {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (lo[i], hi[i]);
+                    lo[i] = x0 * cos[i] - x1 * sin[i];
+                    hi[i] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+dispatched! {
+    /// Rotates every head of `x` by the given sines and cosines.
+    pub fn rotate(x: &mut [f32], head_dim: usize, style: RopeStyle, sin: &[f32], cos: &[f32]) => rotate_body
+}
+
+impl RopeTable {
+    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`,
+    /// which must lie in the table's run.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let at = (pos - self.first) * self.pairs;
+        let (sin, cos) = (
+            &self.sin[at..at + self.pairs],
+            &self.cos[at..at + self.pairs],
+        );
+        rotate(x, head_dim, self.style, sin, cos);
     }
 }
 
@@ -174,10 +361,75 @@ mod tests {
     }
 
     #[test]
-    fn activations() {
-        assert_eq!(silu(0.0), 0.0);
-        assert!((silu(2.0) - 1.761_594_2).abs() < 1e-6);
-        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
-        assert!((gelu_tanh(-3.0) + 0.003_637_4).abs() < 1e-6);
+    fn gated_activations_on_both_paths() {
+        let gate = [0.0f32, 2.0, 1.0, -3.0, 40.0, -100.0, 0.5, -0.25, 3.0];
+        let up = [1.0f32, 1.0, 2.0, 1.0, 0.5, 1.0, -1.0, 4.0, 1.0];
+        let silu = |x: f32| x / (1.0 + (-x as f64).exp() as f32);
+        let gelu = |x: f32| 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+        let mut fast = gate;
+        silu_mul(&mut fast, &up);
+        let mut slow = gate;
+        silu_mul_body::<false>(&mut slow, &up);
+        for i in 0..gate.len() {
+            let want = silu(gate[i]) * up[i];
+            assert!(
+                (fast[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "silu {i}: {}",
+                fast[i]
+            );
+            assert!(
+                (slow[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "silu {i}"
+            );
+        }
+        assert!((fast[1] - 1.761_594_2).abs() < 1e-6);
+        let mut fast = gate;
+        gelu_mul(&mut fast, &up);
+        let mut slow = gate;
+        gelu_mul_body::<false>(&mut slow, &up);
+        for i in 0..gate.len() {
+            let want = gelu(gate[i]) * up[i];
+            assert!(
+                (fast[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "gelu {i}: {}",
+                fast[i]
+            );
+            assert!(
+                (slow[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "gelu {i}"
+            );
+        }
+        assert!((fast[2] / 2.0 - 0.841_192).abs() < 1e-5);
+    }
+
+    #[test]
+    fn polynomial_exp_tracks_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp_poly(x), x.exp());
+            assert!(
+                (got - want).abs() <= 3e-7 * want,
+                "exp({x}): {got} vs {want}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_poly(-1000.0), 0.0);
+    }
+
+    #[test]
+    fn softmax_and_rms_agree_across_paths_on_odd_sizes() {
+        for n in [1usize, 7, 8, 9, 33, 100] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.7).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            softmax(&mut a);
+            softmax_body::<false>(&mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() < 1e-6, "softmax n={n}");
+            }
+            assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            let (r1, r2) = (rms_scale(&x, 1e-6), rms_scale_body::<false>(&x, 1e-6));
+            assert!((r1 - r2).abs() <= 1e-6 * r2, "rms n={n}");
+        }
     }
 }

@@ -141,6 +141,15 @@ fn select_dot() -> DotFn {
     dot_portable
 }
 
+/// Whether the AVX2+FMA builds of the elementwise ops may run here.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2_fma() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        !portable_forced() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    })
+}
+
 /// `LAMPO_PORTABLE=1` forces the portable kernels, so CI can test both paths.
 pub fn portable_forced() -> bool {
     std::env::var_os("LAMPO_PORTABLE").is_some_and(|v| v != "0")

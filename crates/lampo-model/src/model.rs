@@ -6,7 +6,7 @@ use std::path::Path;
 
 use half::f16;
 
-use lampo_kernels::ops::{Rope, gelu_tanh, rms_norm, rms_norm_in_place, silu, softmax};
+use lampo_kernels::ops::{Rope, gelu_mul, rms_norm, rms_norm_in_place, silu_mul, softmax};
 use lampo_kernels::parallel::for_each_chunk_mut_interleaved;
 use lampo_kernels::qdot::RowDots;
 use lampo_kernels::quant::dequantize_row;
@@ -322,6 +322,9 @@ impl Model {
         let mut gate = vec![0f32; n * c.n_ff];
         let mut up = vec![0f32; n * c.n_ff];
 
+        // Every layer rotates the same positions: sines and cosines once.
+        let rope = self.rope.table(past, n);
+        let local_rope = self.local_rope.as_ref().map(|r| r.table(past, n));
         for (li, layer) in self.layers.iter().enumerate() {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
@@ -346,9 +349,9 @@ impl Model {
                 k.chunks_exact_mut(hd)
                     .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
             }
-            let rope = match (&self.local_rope, layer.window) {
+            let rope = match (&local_rope, layer.window) {
                 (Some(local), Some(_)) => local,
-                _ => &self.rope,
+                _ => &rope,
             };
             for i in 0..n {
                 rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
@@ -380,12 +383,9 @@ impl Model {
                 ],
                 self.activations,
             );
-            let act = match c.spec.activation {
-                Activation::Silu => silu,
-                Activation::GeluTanh => gelu_tanh,
-            };
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = act(*g) * u;
+            match c.spec.activation {
+                Activation::Silu => silu_mul(&mut gate, &up),
+                Activation::GeluTanh => gelu_mul(&mut gate, &up),
             }
             matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
             if let Some([_, post_ffn]) = &layer.post_norms {

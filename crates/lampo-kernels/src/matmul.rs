@@ -80,6 +80,10 @@ const TILE_ROWS: usize = 8;
 /// tokens passes over them.
 const INT_TILE_ROWS: usize = 16;
 
+/// The same for interleaved weights, in rows (multiples of eight): prompt
+/// processing measured a few percent faster at 64 than at 16 or 128.
+const INT8_TILE_ROWS: usize = 64;
+
 /// Raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -239,7 +243,7 @@ fn integer_rows8<B>(
     let per_row = acts.len() / n;
     let group_bytes = w.data.len() / (w.rows / 8);
     let (g_start, g_end) = (rows.start.div_ceil(8), rows.end.div_ceil(8));
-    let tile = INT_TILE_ROWS / 8;
+    let tile = INT8_TILE_ROWS / 8;
     let mut g0 = g_start;
     while g0 < g_end {
         let g1 = (g0 + tile).min(g_end);

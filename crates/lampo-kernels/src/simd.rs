@@ -1,126 +1,143 @@
-//! f32 vector primitives (and f32 against f16, for attention over the f16
-//! KV cache) with a portable path and, on x86-64, an AVX2+FMA(+F16C) path
+//! f32 vector primitives, and the f32-by-f16 ones of attention over the f16
+//! KV cache, with a portable path and, on x86-64, an AVX2+FMA(+F16C) path
 //! chosen once at run time.
 
 use std::sync::OnceLock;
 
 use half::f16;
 
-type DotF16Fn = fn(&[f32], &[f16]) -> f32;
-type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
+type GroupDotFn = fn(&[f32], &[f16], &mut [f32]);
+type GroupAxpyFn = fn(&mut [f32], &[f32], &[f16]);
 
-/// Dot product of f32 `a` with f16 `b`, widened as it goes.
+/// Attention scores of a group of query heads against one f16 key:
+/// `out[g] = dot(queries[g], key)`, `queries` holding `out.len()` rows of
+/// `key.len()` values. The key is widened once for the whole group.
 #[inline]
-pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    static DOT: OnceLock<DotF16Fn> = OnceLock::new();
+pub fn group_dot_f16(queries: &[f32], key: &[f16], out: &mut [f32]) {
+    assert_eq!(
+        queries.len(),
+        key.len() * out.len(),
+        "queries are not rows of the key's length"
+    );
+    static DOT: OnceLock<GroupDotFn> = OnceLock::new();
     (DOT.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         if f16c_available() {
-            return dot_f16_avx2;
+            return group_dot_f16_avx2;
         }
-        dot_f16_portable
-    }))(a, b)
+        group_dot_f16_portable
+    }))(queries, key, out)
 }
 
-/// `out += w * v` for f16 `v`.
+/// Attention output of a group of heads for one f16 value:
+/// `outs[g] += weights[g] * value`, `outs` holding `weights.len()` rows.
 #[inline]
-pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-    debug_assert_eq!(out.len(), v.len());
-    static AXPY: OnceLock<AxpyF16Fn> = OnceLock::new();
+pub fn group_axpy_f16(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+    assert_eq!(
+        outs.len(),
+        value.len() * weights.len(),
+        "outputs are not rows of the value's length"
+    );
+    static AXPY: OnceLock<GroupAxpyFn> = OnceLock::new();
     (AXPY.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         if f16c_available() {
-            return axpy_f16_avx2;
+            return group_axpy_f16_avx2;
         }
-        axpy_f16_portable
-    }))(out, w, v)
+        group_axpy_f16_portable
+    }))(outs, weights, value)
 }
 
 #[cfg(target_arch = "x86_64")]
 fn f16c_available() -> bool {
-    !portable_forced()
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
-pub fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i].to_f32();
+pub fn group_dot_f16_portable(queries: &[f32], key: &[f16], out: &mut [f32]) {
+    let hd = key.len();
+    for (o, q) in out.iter_mut().zip(queries.chunks_exact(hd.max(1))) {
+        *o = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
+    }
+}
+
+pub fn group_axpy_f16_portable(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+    let hd = value.len();
+    for (o, &w) in outs.chunks_exact_mut(hd.max(1)).zip(weights) {
+        for (x, v) in o.iter_mut().zip(value) {
+            *x += w * v.to_f32();
         }
     }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y.to_f32())
-        .sum();
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-pub fn axpy_f16_portable(out: &mut [f32], w: f32, v: &[f16]) {
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += w * x.to_f32();
-    }
-}
+/// Most query heads per KV head the SIMD group kernels keep in registers;
+/// larger groups go through them in slices.
+const GROUP: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
-fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
+fn group_dot_f16_avx2(queries: &[f32], key: &[f16], out: &mut [f32]) {
     use std::arch::x86_64::*;
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn inner(a: &[f32], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n` keeps both 8-value loads in bounds.
-            unsafe {
-                let x = _mm256_loadu_ps(a.as_ptr().add(i));
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
-                acc = _mm256_fmadd_ps(x, y, acc);
+    fn inner(queries: &[f32], key: &[f16], out: &mut [f32]) {
+        let hd = key.len();
+        let full = hd / 8 * 8;
+        for (qs, os) in queries.chunks(GROUP * hd).zip(out.chunks_mut(GROUP)) {
+            let g = os.len();
+            let mut acc = [_mm256_setzero_ps(); GROUP];
+            let mut c = 0;
+            while c < full {
+                // SAFETY: `c + 8 <= hd`, and row `j < g` of `qs` has `hd` values.
+                unsafe {
+                    let k = _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(c) as *const __m128i));
+                    for j in 0..g {
+                        let q = _mm256_loadu_ps(qs.as_ptr().add(j * hd + c));
+                        acc[j] = _mm256_fmadd_ps(q, k, acc[j]);
+                    }
+                }
+                c += 8;
             }
-            i += 8;
-        }
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-        for j in i..n {
-            sum += a[j] * b[j].to_f32();
-        }
-        sum
-    }
-    // SAFETY: selected only after detecting AVX2, FMA and F16C.
-    unsafe { inner(a, b) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn axpy_f16_avx2(out: &mut [f32], w: f32, v: &[f16]) {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn inner(out: &mut [f32], w: f32, v: &[f16]) {
-        let n = out.len().min(v.len());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n` keeps the loads and the store in bounds.
-            unsafe {
-                let o = out.as_mut_ptr().add(i);
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, y, _mm256_loadu_ps(o)));
+            for j in 0..g {
+                let v = acc[j];
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+                for i in full..hd {
+                    sum += qs[j * hd + i] * key[i].to_f32();
+                }
+                os[j] = sum;
             }
-            i += 8;
-        }
-        for j in i..n {
-            out[j] += w * v[j].to_f32();
         }
     }
     // SAFETY: selected only after detecting AVX2, FMA and F16C.
-    unsafe { inner(out, w, v) }
+    unsafe { inner(queries, key, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn group_axpy_f16_avx2(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn inner(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+        let hd = value.len();
+        let full = hd / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            // SAFETY: `c + 8 <= hd`, and row `j` of `outs` has `hd` values.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(value.as_ptr().add(c) as *const __m128i));
+                for (j, &w) in weights.iter().enumerate() {
+                    let o = outs.as_mut_ptr().add(j * hd + c);
+                    _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(w), v, _mm256_loadu_ps(o)));
+                }
+            }
+            c += 8;
+        }
+        for (j, &w) in weights.iter().enumerate() {
+            for i in full..hd {
+                outs[j * hd + i] += w * value[i].to_f32();
+            }
+        }
+    }
+    // SAFETY: selected only after detecting AVX2, FMA and F16C.
+    unsafe { inner(outs, weights, value) }
 }
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -215,30 +232,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn f16_dot_and_axpy_match_portable_on_odd_sizes() {
-        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 200] {
-            let a: Vec<f32> = (0..n)
+    fn group_kernels_match_portable_on_odd_sizes() {
+        for (groups, hd) in [
+            (1usize, 8usize),
+            (3, 64),
+            (6, 128),
+            (7, 64),
+            (12, 72),
+            (2, 13),
+        ] {
+            let q: Vec<f32> = (0..groups * hd)
                 .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
                 .collect();
-            let b: Vec<f16> = (0..n)
+            let k: Vec<f16> = (0..hd)
                 .map(|i| f16::from_f32(((i * 7 % 11) as f32 - 5.0) * 0.5))
                 .collect();
-            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * y.to_f64()).sum();
-            assert!((dot_f16(&a, &b) as f64 - exact).abs() < 1e-3, "dot n={n}");
-            assert!(
-                (dot_f16_portable(&a, &b) as f64 - exact).abs() < 1e-3,
-                "portable n={n}"
-            );
-            let mut fast = a.clone();
-            let mut slow = a.clone();
-            axpy_f16(&mut fast, 0.75, &b);
-            axpy_f16_portable(&mut slow, 0.75, &b);
-            for (i, (x, y)) in fast.iter().zip(&slow).enumerate() {
-                assert!((x - y).abs() < 1e-5, "axpy n={n} i={i}: {x} vs {y}");
+            let (mut fast, mut slow) = (vec![0f32; groups], vec![0f32; groups]);
+            group_dot_f16(&q, &k, &mut fast);
+            group_dot_f16_portable(&q, &k, &mut slow);
+            for g in 0..groups {
+                let exact: f64 = (0..hd).map(|i| q[g * hd + i] as f64 * k[i].to_f64()).sum();
                 assert!(
-                    (x - (a[i] + 0.75 * b[i].to_f32())).abs() < 1e-5,
-                    "axpy value"
+                    (fast[g] as f64 - exact).abs() < 1e-3,
+                    "dot {groups}x{hd} g={g}"
                 );
+                assert!(
+                    (slow[g] as f64 - exact).abs() < 1e-3,
+                    "portable dot {groups}x{hd}"
+                );
+            }
+            let w: Vec<f32> = (0..groups).map(|g| 0.1 + g as f32 * 0.05).collect();
+            let (mut fast, mut slow) = (q.clone(), q.clone());
+            group_axpy_f16(&mut fast, &w, &k);
+            group_axpy_f16_portable(&mut slow, &w, &k);
+            for i in 0..groups * hd {
+                let want = q[i] + w[i / hd] * k[i % hd].to_f32();
+                assert!((fast[i] - want).abs() < 1e-5, "axpy {groups}x{hd} at {i}");
+                assert!((slow[i] - want).abs() < 1e-5, "portable axpy {groups}x{hd}");
             }
         }
     }

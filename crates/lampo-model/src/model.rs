@@ -7,11 +7,11 @@ use std::path::Path;
 use half::f16;
 
 use lampo_kernels::ops::{Rope, gelu_mul, rms_norm, rms_norm_in_place, silu_mul, softmax};
-use lampo_kernels::parallel::for_each_chunk_mut_interleaved;
+use lampo_kernels::parallel::{for_each_chunk_mut, for_each_chunk_mut_interleaved};
 use lampo_kernels::qdot::RowDots;
 use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::repack::interleave_rows8;
-use lampo_kernels::simd::{axpy_f16, dot_f16};
+use lampo_kernels::simd::{group_axpy_f16, group_dot_f16};
 use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
 
 use crate::ModelError;
@@ -383,10 +383,13 @@ impl Model {
                 ],
                 self.activations,
             );
-            match c.spec.activation {
-                Activation::Silu => silu_mul(&mut gate, &up),
-                Activation::GeluTanh => gelu_mul(&mut gate, &up),
-            }
+            let act = match c.spec.activation {
+                Activation::Silu => silu_mul,
+                Activation::GeluTanh => gelu_mul,
+            };
+            for_each_chunk_mut(&mut gate, c.n_ff, |t, g| {
+                act(g, &up[t * c.n_ff..][..c.n_ff])
+            });
             matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
             if let Some([_, post_ffn]) = &layer.post_norms {
                 proj.chunks_exact_mut(d)
@@ -421,27 +424,44 @@ impl Model {
         out: &mut [f32],
     ) {
         let c = &self.config;
-        let (hd, kvd, n_head) = (c.head_dim, c.kv_dim(), c.n_head);
-        let group = c.n_head / c.n_head_kv;
+        let (hd, kvd, n_head, n_kv) = (c.head_dim, c.kv_dim(), c.n_head, c.n_head_kv);
+        let group = n_head / n_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        // One piece of `out` per (token, head), dealt out round-robin so that
-        // each thread gets as many late (long) rows of the causal triangle.
-        for_each_chunk_mut_interleaved(out, hd, |idx, o| {
-            let (i, head) = (idx / n_head, idx % n_head);
-            let kv_off = (head / group) * hd;
-            let qv = &q[i * n_head * hd + head * hd..][..hd];
+        // One piece of `out` per (token, KV head): the group of query heads
+        // sharing that KV head, so each key and value is widened to f32 once
+        // for all of them. Pieces are dealt out round-robin so that each
+        // thread gets as many late (long) rows of the causal triangle.
+        for_each_chunk_mut_interleaved(out, group * hd, |idx, o| {
+            let (i, kv_head) = (idx / n_kv, idx % n_kv);
+            let kv_off = kv_head * hd;
+            let queries = &q[(i * n_head + kv_head * group) * hd..][..group * hd];
             let seen = past + i + 1;
             let first = window.map_or(0, |w| seen.saturating_sub(w));
-            let mut scores: Vec<f32> = (first..seen)
-                .map(|p| dot_f16(qv, &keys[p * kvd + kv_off..][..hd]) * scale)
-                .collect();
-            softmax(&mut scores);
-            for s in scores.iter_mut() {
-                *s = f16::from_f32(*s).to_f32();
+            let len = seen - first;
+            // Scores key by key (`[j][g]`), then softmax per head over `j`.
+            let mut scores = vec![0f32; len * group];
+            for (j, p) in (first..seen).enumerate() {
+                let key = &keys[p * kvd + kv_off..][..hd];
+                group_dot_f16(queries, key, &mut scores[j * group..(j + 1) * group]);
+            }
+            let mut probs = vec![0f32; group * len];
+            for (g, row) in probs.chunks_exact_mut(len).enumerate() {
+                for (j, w) in row.iter_mut().enumerate() {
+                    *w = scores[j * group + g] * scale;
+                }
+                softmax(row);
+                // Probabilities meet values at f16 precision, as in GGML.
+                for w in row.iter_mut() {
+                    *w = f16::from_f32(*w).to_f32();
+                }
             }
             o.fill(0.0);
-            for (p, &w) in (first..seen).zip(&scores) {
-                axpy_f16(o, w, &values[p * kvd + kv_off..][..hd]);
+            let mut weights = vec![0f32; group];
+            for (j, p) in (first..seen).enumerate() {
+                for (g, w) in weights.iter_mut().enumerate() {
+                    *w = probs[g * len + j];
+                }
+                group_axpy_f16(o, &weights, &values[p * kvd + kv_off..][..hd]);
             }
         });
     }

@@ -88,15 +88,14 @@ fn group_dot_f16_avx2(queries: &[f32], key: &[f16], out: &mut [f32]) {
                 // SAFETY: `c + 8 <= hd`, and row `j < g` of `qs` has `hd` values.
                 unsafe {
                     let k = _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(c) as *const __m128i));
-                    for j in 0..g {
+                    for (j, a) in acc[..g].iter_mut().enumerate() {
                         let q = _mm256_loadu_ps(qs.as_ptr().add(j * hd + c));
-                        acc[j] = _mm256_fmadd_ps(q, k, acc[j]);
+                        *a = _mm256_fmadd_ps(q, k, *a);
                     }
                 }
                 c += 8;
             }
-            for j in 0..g {
-                let v = acc[j];
+            for (j, &v) in acc[..g].iter().enumerate() {
                 let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));

@@ -10,8 +10,97 @@
 //! eight rows. The size is unchanged (the k-quants' packed 6-bit scales
 //! aside): the same bytes in another order.
 
+use std::alloc::Layout;
+use std::ops::Deref;
+
 use crate::matmul::WeightRef;
 use crate::quant::DType;
+
+/// Interleaved weights in memory of their own, aligned to 2 MiB and, on
+/// Linux, backed by transparent huge pages where the kernel allows: decode
+/// streams every byte once per token, and with 4 KiB pages that is a TLB
+/// miss every 64 cache lines.
+pub struct Packed {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Packed` owns its bytes exclusively, like a `Box<[u8]>`.
+unsafe impl Send for Packed {}
+unsafe impl Sync for Packed {}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+impl Packed {
+    fn zeroed(len: usize) -> Packed {
+        if len == 0 {
+            return Packed {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+            };
+        }
+        let layout = Packed::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        // The advice must come before the first write: pages are chosen
+        // when first touched.
+        #[cfg(target_os = "linux")]
+        if len >= HUGE_PAGE {
+            // SAFETY: the range is this allocation. The advice is a hint;
+            // failure (no THP support) leaves ordinary pages.
+            unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+        }
+        // SAFETY: `len` bytes were just allocated at `ptr`.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Packed { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        let align = if len >= HUGE_PAGE { HUGE_PAGE } else { 64 };
+        Layout::from_size_align(len, align).expect("a weight smaller than the address space")
+    }
+}
+
+impl Deref for Packed {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` holds `len` initialized bytes (or is dangling with len 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Packed {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Packed::layout(self.len)) };
+        }
+    }
+}
+
+impl Clone for Packed {
+    fn clone(&self) -> Packed {
+        let mut copy = Packed::zeroed(self.len);
+        copy.as_mut_slice().copy_from_slice(self);
+        copy
+    }
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.len)
+    }
+}
 
 /// The formats with an interleaved layout, and how to read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +221,7 @@ impl Rows8Format {
 /// `unit i..` come from row `i` (for the 4- and 5-bit formats each byte holds
 /// value `k` in its low nibble and `k + 16` in its high one, as in GGUF),
 /// then for the 5-bit formats a mask of fifth bits per unpacked vector.
-pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Vec<u8>> {
+pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Packed> {
     assert!(unit == 4 || unit == 8, "units of {unit} bytes");
     let fmt = Rows8Format::of(w.dtype)?;
     let len = fmt.block_len();
@@ -145,8 +234,8 @@ pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Vec<u8>> {
         return None;
     }
     let gb = fmt.group_bytes();
-    let mut out = vec![0u8; w.rows / 8 * blocks * gb];
-    for (gi, dst_group) in out.chunks_exact_mut(blocks * gb).enumerate() {
+    let mut out = Packed::zeroed(w.rows / 8 * blocks * gb);
+    for (gi, dst_group) in out.as_mut_slice().chunks_exact_mut(blocks * gb).enumerate() {
         for (b, dst) in dst_group.chunks_exact_mut(gb).enumerate() {
             let src = |i: usize| &w.data[((gi * 8 + i) * blocks + b) * bb..][..bb];
             match fmt {

@@ -1009,9 +1009,15 @@ pub mod zmm {
                     for sub in 0..2 {
                         let mut s = [[_mm512_setzero_si512(); N]; 4];
                         for j in 2 * sub..2 * sub + 2 {
-                            let l0 = _mm512_loadu_si512(g.add(144 + 512 * half + 64 * j) as *const __m512i);
-                            let l1 = _mm512_loadu_si512(g.add(144 + 512 * half + 256 + 64 * j) as *const __m512i);
-                            let h = _mm512_loadu_si512(g.add(1168 + 256 * half + 64 * j) as *const __m512i);
+                            let l0 = _mm512_loadu_si512(
+                                g.add(144 + 512 * half + 64 * j) as *const __m512i
+                            );
+                            let l1 = _mm512_loadu_si512(
+                                g.add(144 + 512 * half + 256 + 64 * j) as *const __m512i
+                            );
+                            let h = _mm512_loadu_si512(
+                                g.add(1168 + 256 * half + 64 * j) as *const __m512i
+                            );
                             let parts = [
                                 _mm512_or_si512(
                                     _mm512_and_si512(l0, m4),
@@ -1049,7 +1055,8 @@ pub mod zmm {
                             };
                             let scales = dup_epi32(scales);
                             for t in 0..N {
-                                iacc[t] = _mm512_add_epi32(iacc[t], _mm512_mullo_epi32(sp[t], scales));
+                                iacc[t] =
+                                    _mm512_add_epi32(iacc[t], _mm512_mullo_epi32(sp[t], scales));
                             }
                         }
                     }

@@ -10,7 +10,7 @@ use lampo_kernels::ops::{Rope, gelu_mul, rms_norm, rms_norm_in_place, silu_mul, 
 use lampo_kernels::parallel::{for_each_chunk_mut, for_each_chunk_mut_interleaved};
 use lampo_kernels::qdot::RowDots;
 use lampo_kernels::quant::dequantize_row;
-use lampo_kernels::repack::interleave_rows8;
+use lampo_kernels::repack::{Packed, interleave_rows8};
 use lampo_kernels::simd::{group_axpy_f16, group_dot_f16};
 use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
 
@@ -28,7 +28,7 @@ struct Weight {
     cols: usize,
     offset: usize,
     size: usize,
-    interleaved: Option<Vec<u8>>,
+    interleaved: Option<Packed>,
 }
 
 struct Layer {

@@ -3,7 +3,7 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 MODEL ?= smollm2
 CARGO_TEST ?= cargo test --release --workspace
 
-.PHONY: run chat build models test-models test lint fuzz
+.PHONY: run chat build models test-models test test-neon lint fuzz
 
 # Fetch the default model if missing, build, and answer a prompt with it.
 run: build
@@ -25,10 +25,18 @@ models:
 test-models:
 	scripts/fetch-models smollm2 qwen05b gemma270m vocab
 
-# Every test, then the kernels again on their portable (non-SIMD) path.
+# Every test on the detected SIMD path; the kernels, the ops and a model's
+# generation again on the portable (non-SIMD) path; the NEON kernels under
+# qemu when it can be installed.
 test: test-models
 	$(CARGO_TEST)
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-kernels
+	LAMPO_PORTABLE=1 cargo test --release -p lampo-engine --test generation
+	scripts/test-neon
+
+# The aarch64 NEON kernels under qemu; fails if the tools cannot be installed.
+test-neon:
+	scripts/test-neon --strict
 
 lint:
 	cargo fmt --all -- --check

@@ -4,6 +4,8 @@
 
 pub mod bandwidth;
 pub mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod ops;
 pub mod parallel;
 pub mod qdot;

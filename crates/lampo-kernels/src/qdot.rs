@@ -605,6 +605,8 @@ mod tests {
     #[test]
     fn simd_kernels_match_portable() {
         let sets = RowDots::available();
+        #[cfg(target_arch = "aarch64")]
+        assert!(sets.iter().any(|s| s.isa == "neon"));
         for ty in QUANTIZED {
             for blocks in [1usize, 3, 7, 18] {
                 let n = blocks * ty.block_len();

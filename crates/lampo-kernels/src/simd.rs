@@ -71,6 +71,7 @@ pub fn group_axpy_f16_portable(outs: &mut [f32], weights: &[f32], value: &[f16])
 
 /// Most query heads per KV head the SIMD group kernels keep in registers;
 /// larger groups go through them in slices.
+#[cfg(target_arch = "x86_64")]
 const GROUP: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
@@ -173,6 +174,7 @@ pub fn portable_forced() -> bool {
 
 /// Eight independent accumulators let the compiler keep several vector
 /// registers busy instead of serialising on one sum.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use lampo_kernels::Activations;
 use lampo_kernels::bandwidth::read_bandwidth;
-use lampo_kernels::parallel::{set_threads, threads};
+use lampo_kernels::parallel::{region_cost, regions_started, set_threads, threads};
 use lampo_kernels::qdot::RowDots;
 use lampo_model::{KvCache, Logits, Model};
 
@@ -151,6 +151,15 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
         });
     }
     let rss = peak_rss();
+    // Parallel regions per generated token, and what one costs.
+    let regions = if a.n_gen > 0 {
+        let before = regions_started();
+        gen_run(&model, a.n_gen.min(16), &mut rng)?;
+        Some((regions_started() - before) as f64 / a.n_gen.min(16) as f64)
+    } else {
+        None
+    };
+    let (pool_cost, spawn_cost) = region_cost(threads, 20_000);
     let bandwidth = read_bandwidth(1 << 29, 5, threads);
     let weights = model.weight_bytes_per_token();
     // Generation reads every weight once per token, plus the KV cache of
@@ -189,6 +198,9 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
             "kernels": RowDots::detected().isa,
             "read_bandwidth_bytes_per_s": bandwidth,
             "peak_rss_bytes": rss,
+            "regions_per_token": regions,
+            "region_seconds_pool": pool_cost,
+            "region_seconds_spawn": spawn_cost,
             "tests": tests,
         });
         println!("{report}");
@@ -227,6 +239,13 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
         gb(bandwidth),
         weights as f64 / 1e6
     );
+    if let Some(r) = regions {
+        println!(
+            "parallel regions per generated token: {r:.0}; one costs {:.2} µs in the pool ({:.1} µs spawning threads per region)",
+            pool_cost * 1e6,
+            spawn_cost * 1e6
+        );
+    }
     if let Some(r) = rss {
         println!(
             "peak resident memory: {:.1} MB (model file {:.1} MB)",

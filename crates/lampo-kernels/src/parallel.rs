@@ -240,6 +240,41 @@ fn acquire_pool() -> Option<MutexGuard<'static, Option<Pool>>> {
     Some(guard)
 }
 
+/// Parallel regions started so far (for `lampo bench`'s per-token count).
+static REGIONS: AtomicU64 = AtomicU64::new(0);
+
+pub fn regions_started() -> u64 {
+    REGIONS.load(Ordering::Relaxed)
+}
+
+/// Mean cost in seconds of an empty parallel region over `threads` threads:
+/// through the pool, and by spawning scoped threads per region (what a
+/// spawn-per-op design pays).
+pub fn region_cost(threads: usize, iterations: usize) -> (f64, f64) {
+    let iterations = iterations.max(1);
+    let sink = AtomicUsize::new(0);
+    let start = Instant::now();
+    for _ in 0..iterations {
+        run_on_threads(threads, |i, _| {
+            sink.fetch_add(i, Ordering::Relaxed);
+        });
+    }
+    let pool = start.elapsed().as_secs_f64() / iterations as f64;
+    let spawns = (iterations / 100).max(1);
+    let start = Instant::now();
+    for _ in 0..spawns {
+        std::thread::scope(|s| {
+            for i in 1..threads {
+                let sink = &sink;
+                s.spawn(move || sink.fetch_add(i, Ordering::Relaxed));
+            }
+            sink.fetch_add(0, Ordering::Relaxed);
+        });
+    }
+    let spawn = start.elapsed().as_secs_f64() / spawns as f64;
+    (pool, spawn)
+}
+
 /// Runs `f(index, n)` for `index` in `0..n` on up to `n` threads of the pool
 /// (`n` is capped at the pool size); returns when all are done.
 pub fn run_on_threads(n: usize, f: impl Fn(usize, usize) + Sync) {
@@ -248,6 +283,7 @@ pub fn run_on_threads(n: usize, f: impl Fn(usize, usize) + Sync) {
         f(0, 1);
         return;
     }
+    REGIONS.fetch_add(1, Ordering::Relaxed);
     match acquire_pool() {
         Some(guard) => {
             let pool = guard.as_ref().expect("pool was just created");

@@ -97,27 +97,33 @@ fn check_model(name: &str, activations: Activations) {
     );
 }
 
+// The default: 8-bit activations and integer dot products.
 #[test]
 fn smollm2_matches_llama_cpp() {
-    check_model("smollm2", Activations::F32);
-}
-
-#[test]
-fn qwen05b_matches_llama_cpp() {
-    check_model("qwen05b", Activations::F32);
-}
-
-#[test]
-fn smollm2_matches_llama_cpp_with_q8_activations() {
     check_model("smollm2", Activations::Q8);
 }
 
 #[test]
-fn qwen05b_matches_llama_cpp_with_q8_activations() {
+fn qwen05b_matches_llama_cpp() {
     check_model("qwen05b", Activations::Q8);
 }
 
 #[test]
 fn gemma270m_matches_llama_cpp() {
+    check_model("gemma270m", Activations::Q8);
+}
+
+#[test]
+fn smollm2_matches_llama_cpp_with_f32_activations() {
+    check_model("smollm2", Activations::F32);
+}
+
+#[test]
+fn qwen05b_matches_llama_cpp_with_f32_activations() {
+    check_model("qwen05b", Activations::F32);
+}
+
+#[test]
+fn gemma270m_matches_llama_cpp_with_f32_activations() {
     check_model("gemma270m", Activations::F32);
 }

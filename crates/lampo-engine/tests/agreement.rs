@@ -73,7 +73,17 @@ fn check_model(name: &str, activations: Activations) {
         .values()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    let bar = reference.iter().copied().fold(0.98, f64::min);
+    // 8-bit activations round different values than llama.cpp's 8-bit
+    // activations do (every float upstream differs a little), which adds
+    // near-tie flips of its own: that path may sit one point lower. A
+    // broken kernel costs tens of points, and perplexity (tests/perplexity.rs)
+    // bounds the quality of the path itself.
+    let slack = if activations == Activations::Q8 {
+        0.01
+    } else {
+        0.0
+    };
+    let bar = reference.iter().copied().fold(0.98, f64::min) - slack;
     eprintln!(
         "{name} ({activations:?} activations): argmax agreement {agree}/{total} = {:.2}% (bar {:.2}%; llama.cpp against itself: {reference:?}); largest llama.cpp margin at a disagreement {worst_margin}\n{}",
         rate * 100.0,

@@ -3,7 +3,7 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 MODEL ?= smollm2
 CARGO_TEST ?= cargo test --release --workspace
 
-.PHONY: run chat build models test-models test test-neon lint fuzz
+.PHONY: run chat serve build models test-models test test-neon lint fuzz
 
 # Fetch the default model if missing, build, and answer a prompt with it.
 run: build
@@ -14,6 +14,11 @@ run: build
 chat: build
 	scripts/fetch-models $(MODEL)
 	./target/release/lampo chat -m $(MODEL)
+
+# The OpenAI-compatible API on port 8080 (SIGTERM or Ctrl-C stops it).
+serve: build
+	scripts/fetch-models $(MODEL)
+	./target/release/lampo serve -m $(MODEL)
 
 build:
 	cargo build --release

@@ -2,6 +2,7 @@
 
 mod bench;
 mod models;
+mod serve;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// Serve the OpenAI-compatible HTTP API
+    Serve(serve::ServeArgs),
     /// Measure prompt and generation speed, as llama.cpp's llama-bench does
     Bench(bench::BenchArgs),
     /// Compute perplexity over a text file, as llama.cpp's llama-perplexity does
@@ -58,17 +61,17 @@ enum Command {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub struct ModelArgs {
     /// Model file or name (smollm2, qwen05b, qwen15b, gemma270m); default smollm2
     #[arg(short, long)]
-    model: Option<String>,
-    /// Threads for the kernels (default: one per core)
+    pub model: Option<String>,
+    /// Threads for the kernels (default: one per physical core)
     #[arg(short, long, default_value_t = 0)]
-    threads: usize,
+    pub threads: usize,
     /// Dot weights with f32 activations instead of 8-bit ones: slightly
     /// lower perplexity, several times slower
     #[arg(long)]
-    f32_activations: bool,
+    pub f32_activations: bool,
 }
 
 #[derive(Args)]
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => cmd_chat(a),
         Command::Info { model, tensors } => cmd_info(model, tensors),
         Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => models::resolve(a.model()).and_then(|path| bench::run(a, &path)),
         Command::Tokenize {
             model,

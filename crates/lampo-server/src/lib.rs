@@ -1,0 +1,741 @@
+//! `lampo serve`: the OpenAI-compatible HTTP API over the engine's request
+//! interface. Handlers validate and tokenize; the engine generates; no math
+//! here.
+
+pub mod openai;
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lampo_engine::{
+    Done, Engine, Event, Finish, GenerateParams, Request as EngineRequest, SamplingParams,
+};
+use lampo_model::Message;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::openai::*;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// What every handler shares.
+pub struct AppState {
+    /// Set once the model has loaded; until then requests get 503.
+    pub engine: OnceLock<Engine>,
+    /// The name clients pass as `model`.
+    pub model_name: String,
+    /// Required bearer token, if any.
+    pub api_key: Option<String>,
+    pub created: u64,
+}
+
+impl AppState {
+    /// A state whose model is still loading.
+    pub fn new(model_name: String, api_key: Option<String>) -> AppState {
+        AppState {
+            engine: OnceLock::new(),
+            model_name,
+            api_key,
+            created: now(),
+        }
+    }
+
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the model is still loading".into(),
+            param: None,
+            code: Some("model_loading"),
+        })
+    }
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param,
+            code: None,
+        }
+    }
+
+    fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind(),
+            "param": self.param,
+            "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body parsed by serde, with every failure (malformed JSON, wrong
+/// types, missing fields, oversized bodies) answered in OpenAI's shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError {
+                status: e.status(),
+                message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!("request body larger than {MAX_BODY_BYTES} bytes")
+                } else {
+                    e.body_text()
+                },
+                param: None,
+                code: None,
+            })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}"), None))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+                None,
+            ));
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("invalid request: {e}"), None))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A short random id for responses.
+fn random_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("{prefix}-{x:016x}")
+}
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .merge(api)
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no such route".into(),
+                param: None,
+                code: Some("unknown_url"),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or incorrect API key (send Authorization: Bearer <key>)".into(),
+                param: None,
+                code: Some("invalid_api_key"),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    state.engine()?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.model_name.clone(),
+            object: "model",
+            created: state.created,
+            owned_by: "lampo",
+        }],
+    })
+}
+
+fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if model != state.model_name {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the model '{model}' does not exist; this server serves '{}'",
+                state.model_name
+            ),
+            param: Some("model"),
+            code: Some("model_not_found"),
+        });
+    }
+    Ok(())
+}
+
+/// Validated generation settings, OpenAI's defaults where a field is absent.
+struct Plan {
+    max_tokens: Option<usize>,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
+    let range = |v: Option<f32>, lo: f32, hi: f32, name: &'static str, default: f32| match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(x),
+        Some(x) => Err(ApiError::bad_request(
+            format!("{name} must be between {lo} and {hi}, got {x}"),
+            Some(name),
+        )),
+    };
+    let temperature = range(s.temperature, 0.0, 2.0, "temperature", 1.0)?;
+    let top_p = range(s.top_p, 0.0, 1.0, "top_p", 1.0)?;
+    let min_p = range(s.min_p, 0.0, 1.0, "min_p", 0.0)?;
+    let frequency_penalty = range(s.frequency_penalty, -2.0, 2.0, "frequency_penalty", 0.0)?;
+    let presence_penalty = range(s.presence_penalty, -2.0, 2.0, "presence_penalty", 0.0)?;
+    let repetition_penalty = range(s.repetition_penalty, 0.01, 10.0, "repetition_penalty", 1.0)?;
+    let top_k = match s.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::bad_request(
+                format!("top_k must be positive or -1, got {k}"),
+                Some("top_k"),
+            ));
+        }
+    };
+    let max_tokens = match max_tokens.or(s.max_tokens) {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "max_tokens must be at least 1",
+                Some("max_tokens"),
+            ));
+        }
+        m => m.map(|m| m.min(usize::MAX as u64) as usize),
+    };
+    let n = match s.n {
+        None => 1,
+        Some(n @ 1..=16) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                format!("n must be between 1 and 16, got {n}"),
+                Some("n"),
+            ));
+        }
+    };
+    let stop = s.stop.map(Stop::into_vec).unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::bad_request(
+            "at most 4 stop sequences",
+            Some("stop"),
+        ));
+    }
+    let mut logit_bias = Vec::new();
+    for (k, v) in s.logit_bias.unwrap_or_default() {
+        let id: u32 = k.parse().map_err(|_| {
+            ApiError::bad_request(
+                format!("logit_bias key '{k}' is not a token id"),
+                Some("logit_bias"),
+            )
+        })?;
+        if !(-100.0..=100.0).contains(&v) {
+            return Err(ApiError::bad_request(
+                format!("logit_bias values must be between -100 and 100, got {v}"),
+                Some("logit_bias"),
+            ));
+        }
+        logit_bias.push((id, v));
+    }
+    Ok(Plan {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            frequency_penalty,
+            presence_penalty,
+            logit_bias,
+            seed: s.seed,
+            ..SamplingParams::default()
+        },
+        stop,
+        n,
+        stream: s.stream,
+        include_usage: s.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+fn finish_reason(f: &Finish) -> &'static str {
+    match f {
+        Finish::Length => "length",
+        _ => "stop",
+    }
+}
+
+/// Checks `prompt` against the context and vocabulary, and builds choice
+/// `i`'s engine request.
+fn engine_request(
+    state: &AppState,
+    prompt: &[u32],
+    plan: &Plan,
+    i: usize,
+) -> Result<EngineRequest, ApiError> {
+    let n_ctx = state.engine()?.context_size();
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
+    }
+    if prompt.len() >= n_ctx {
+        return Err(ApiError::bad_request(
+            format!(
+                "this model's maximum context length is {n_ctx} tokens, but the prompt has {} tokens",
+                prompt.len()
+            ),
+            Some("messages"),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let n_vocab = state.engine()?.model().model.config.n_vocab;
+    if let Some((bad, _)) = plan
+        .sampling
+        .logit_bias
+        .iter()
+        .find(|(t, _)| *t as usize >= n_vocab)
+    {
+        return Err(ApiError::bad_request(
+            format!("logit_bias token {bad} is outside the vocabulary of {n_vocab}"),
+            Some("logit_bias"),
+        ));
+    }
+    let mut sampling = plan.sampling.clone();
+    sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+    Ok(EngineRequest {
+        prompt: prompt.to_vec(),
+        params: GenerateParams {
+            max_tokens: plan.max_tokens.unwrap_or(n_ctx).min(n_ctx - prompt.len()),
+            sampling,
+        },
+        stop: plan.stop.clone(),
+    })
+}
+
+/// Runs one request to completion.
+async fn collect(state: &AppState, request: EngineRequest) -> Result<(String, Done), ApiError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    state
+        .engine()?
+        .submit(request, Box::new(move |e| tx.send(e).is_ok()));
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(done) => {
+                if let Finish::Error(e) = &done.finish {
+                    return Err(ApiError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: format!("generation failed: {e}"),
+                        param: None,
+                        code: None,
+                    });
+                }
+                return Ok((text, done));
+            }
+        }
+    }
+    Err(ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "the engine ended the request without a result".into(),
+        param: None,
+        code: None,
+    })
+}
+
+fn to_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
+    }
+    messages
+        .into_iter()
+        .map(|m| {
+            if !["system", "developer", "user", "assistant", "tool"].contains(&m.role.as_str()) {
+                return Err(ApiError::bad_request(
+                    format!("unknown role '{}' (expected system, developer, user, assistant or tool)", m.role),
+                    Some("messages"),
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::bad_request(
+                                    format!("content parts of type '{kind}' are not supported (only text)"),
+                                    Some("messages"),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            let role = if m.role == "developer" { "system".to_string() } else { m.role };
+            Ok(Message {
+                role,
+                content,
+                tool_call_id: m.tool_call_id,
+                tool_calls: m.tool_calls,
+            })
+        })
+        .collect()
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &req.model)?;
+    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
+        return Err(ApiError::bad_request(
+            "logprobs are not supported yet",
+            Some("logprobs"),
+        ));
+    }
+    let plan = plan(req.sampling, req.max_completion_tokens)?;
+    let messages = to_messages(req.messages)?;
+    let lm = state.engine()?.model();
+    let template = lm.chat_template.as_ref().ok_or_else(|| {
+        ApiError::bad_request("this model has no chat template; use /v1/completions", None)
+    })?;
+    let text = template
+        .render(&messages, true, None)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let prompt = lm
+        .tokenizer
+        .encode(&text, false, true)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let requests = (0..plan.n)
+        .map(|i| engine_request(&state, &prompt, &plan, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (id, created, model) = (random_id("chatcmpl"), now(), state.model_name.clone());
+    if plan.stream {
+        return Ok(stream(
+            state,
+            requests,
+            plan.include_usage,
+            id,
+            created,
+            model,
+            true,
+        ));
+    }
+    let mut choices = Vec::new();
+    let mut usage = Usage {
+        prompt_tokens: prompt.len(),
+        completion_tokens: 0,
+        total_tokens: 0,
+    };
+    for (index, r) in requests.into_iter().enumerate() {
+        let (content, done) = collect(&state, r).await?;
+        usage.completion_tokens += done.completion_tokens;
+        choices.push(ChatChoice {
+            index,
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(&done.finish),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(ChatResponse {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices,
+        usage,
+    })
+    .into_response())
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &req.model)?;
+    if req.logprobs.is_some() || req.echo == Some(true) {
+        return Err(ApiError::bad_request(
+            "logprobs and echo are not supported yet",
+            Some("logprobs"),
+        ));
+    }
+    let plan = plan(req.sampling, None)?;
+    let prompt = match req.prompt {
+        Prompt::One(p) => p,
+        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Many(_) => {
+            return Err(ApiError::bad_request(
+                "only one prompt per request is supported",
+                Some("prompt"),
+            ));
+        }
+    };
+    let lm = state.engine()?.model();
+    let tokens = lm
+        .tokenizer
+        .encode(&prompt, true, false)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+    let requests = (0..plan.n)
+        .map(|i| engine_request(&state, &tokens, &plan, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (id, created, model) = (random_id("cmpl"), now(), state.model_name.clone());
+    if plan.stream {
+        return Ok(stream(
+            state,
+            requests,
+            plan.include_usage,
+            id,
+            created,
+            model,
+            false,
+        ));
+    }
+    let mut choices = Vec::new();
+    let mut usage = Usage {
+        prompt_tokens: tokens.len(),
+        completion_tokens: 0,
+        total_tokens: 0,
+    };
+    for (index, r) in requests.into_iter().enumerate() {
+        let (text, done) = collect(&state, r).await?;
+        usage.completion_tokens += done.completion_tokens;
+        choices.push(CompletionChoice {
+            index,
+            text,
+            logprobs: None,
+            finish_reason: finish_reason(&done.finish),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(CompletionResponse {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices,
+        usage,
+    })
+    .into_response())
+}
+
+/// Server-sent events as OpenAI sends them: for chat, the role in the
+/// first delta, text deltas, a final delta with the finish reason, the
+/// usage chunk when asked for, then `[DONE]`.
+fn stream(
+    state: Arc<AppState>,
+    requests: Vec<EngineRequest>,
+    include_usage: bool,
+    id: String,
+    created: u64,
+    model: String,
+    chat: bool,
+) -> Response {
+    let (out, rx) = mpsc::unbounded_channel::<Result<SseEvent, Infallible>>();
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        SseEvent::default().data(c.to_string())
+    };
+    tokio::spawn(async move {
+        let send = |e: SseEvent| out.send(Ok(e)).is_ok();
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        for (index, request) in requests.into_iter().enumerate() {
+            prompt_tokens = request.prompt.len();
+            if chat
+                && !send(chunk(
+                    json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+                    None,
+                ))
+            {
+                return;
+            }
+            let (tx, mut events) = mpsc::unbounded_channel();
+            let Ok(engine) = state.engine() else { return };
+            engine.submit(request, Box::new(move |e| tx.send(e).is_ok()));
+            while let Some(event) = events.recv().await {
+                let choice = match event {
+                    Event::Text(t) if chat => {
+                        json!({"index": index, "delta": {"content": t}, "logprobs": null, "finish_reason": null})
+                    }
+                    Event::Text(t) => {
+                        json!({"index": index, "text": t, "logprobs": null, "finish_reason": null})
+                    }
+                    Event::Done(done) => {
+                        if let Finish::Error(e) = &done.finish {
+                            let err = json!({"error": {"message": format!("generation failed: {e}"), "type": "server_error", "param": null, "code": null}});
+                            let _ = send(SseEvent::default().data(err.to_string()));
+                            return;
+                        }
+                        completion_tokens += done.completion_tokens;
+                        let reason = finish_reason(&done.finish);
+                        if chat {
+                            json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+                        } else {
+                            json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+                        }
+                    }
+                };
+                if !send(chunk(json!([choice]), None)) {
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+            if !send(chunk(json!([]), Some(usage))) {
+                return;
+            }
+        }
+        let _ = send(SseEvent::default().data("[DONE]"));
+    });
+    Sse::new(UnboundedReceiverStream::new(rx)).into_response()
+}
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let text = body
+        .get("prompt")
+        .or_else(|| body.get("content"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("expected a string field 'prompt'", Some("prompt")))?;
+    let add_special = body
+        .get("add_special_tokens")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let tokens = state
+        .engine()?
+        .model()
+        .tokenizer
+        .encode(text, add_special, true)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+    Ok(Json(
+        json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine()?.context_size()}),
+    ))
+}
+
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let n_vocab = state.engine()?.model().model.config.n_vocab;
+    let tokens: Vec<u32> = body
+        .get("tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("expected an array field 'tokens'", Some("tokens")))?
+        .iter()
+        .map(|t| {
+            t.as_u64()
+                .filter(|&t| (t as usize) < n_vocab)
+                .map(|t| t as u32)
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                format!("tokens must be ids below {n_vocab}"),
+                Some("tokens"),
+            )
+        })?;
+    let text = state.engine()?.model().tokenizer.decode(&tokens, true);
+    Ok(Json(json!({"prompt": text})))
+}

@@ -1,0 +1,444 @@
+//! The API over real HTTP against SmolLM2: shapes, streaming, stop strings,
+//! seeds, and every error status. Needs `scripts/fetch-models smollm2`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use lampo_engine::Engine;
+use lampo_model::LoadedModel;
+use lampo_server::{AppState, MAX_BODY_BYTES, router};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MODEL: &str = "smollm2";
+
+fn model_path() -> PathBuf {
+    let dir = std::env::var_os("LAMPO_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn loaded() -> Arc<LoadedModel> {
+    static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    LM.get_or_init(|| {
+        Arc::new(LoadedModel::load(&model_path()).expect("run scripts/fetch-models smollm2"))
+    })
+    .clone()
+}
+
+/// A server on a free port; `ctx` tokens of context, an optional API key.
+async fn serve(ctx: usize, api_key: Option<&str>) -> SocketAddr {
+    let state = Arc::new(AppState::new(MODEL.into(), api_key.map(String::from)));
+    let _ = state.engine.set(Engine::start(loaded(), ctx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    addr
+}
+
+/// One HTTP/1.1 request; returns the status and the (de-chunked) body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading a huge body.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = http(addr, "POST", path, &[], body.to_string().as_bytes()).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The `data:` payloads of an event stream.
+fn events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut req = json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        req[k] = v.clone();
+    }
+    req
+}
+
+const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_answers_with_exact_usage_and_streams_the_same_text() {
+    let addr = serve(2048, None).await;
+    let (status, r) = post(addr, "/v1/chat/completions", chat(QUESTION, json!({}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    let text = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    // Usage: the prompt as the template renders it, and the tokens generated.
+    let lm = loaded();
+    let rendered = lm
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render(&[lampo_model::Message::new("user", QUESTION)], true, None)
+        .unwrap();
+    let prompt_tokens = lm.tokenizer.encode(&rendered, false, true).unwrap().len();
+    let u = &r["usage"];
+    assert_eq!(u["prompt_tokens"], prompt_tokens);
+    let completion = u["completion_tokens"].as_u64().unwrap();
+    // The text plus the end-of-turn token.
+    assert_eq!(
+        completion as usize,
+        lm.tokenizer.encode(&text, false, false).unwrap().len() + 1
+    );
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        prompt_tokens as u64 + completion
+    );
+
+    let req = chat(
+        QUESTION,
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ev = events(&body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+    let finish = &chunks[chunks.len() - 2]["choices"][0];
+    assert_eq!(finish["finish_reason"], "stop");
+    assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+    assert_eq!(chunks.last().unwrap()["usage"], r["usage"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_strings_cut_output_even_across_tokens_and_in_streams() {
+    let addr = serve(2048, None).await;
+    let (_, r) = post(addr, "/v1/chat/completions", chat(QUESTION, json!({}))).await;
+    let text = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // "al of" spans the tokens "capital" and " of".
+    let at = text.find("al of").expect("the answer names the capital");
+    let want = &text[..at];
+    let (_, r) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(QUESTION, json!({"stop": ["zzz", "al of"]})),
+    )
+    .await;
+    assert_eq!(r["choices"][0]["message"]["content"], want);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    let req = chat(QUESTION, json!({"stop": "al of", "stream": true}));
+    let (_, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    let streamed: String = events(&body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let c: Value = serde_json::from_str(e).ok()?;
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(streamed, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_seeds_n_and_length() {
+    let addr = serve(2048, None).await;
+    let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": 7});
+    let (status, a) = post(addr, "/v1/completions", req.clone()).await;
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = post(addr, "/v1/completions", req).await;
+    assert_eq!(
+        a["choices"][0]["text"], b["choices"][0]["text"],
+        "same seed, same text"
+    );
+    assert_eq!(a["choices"][0]["finish_reason"], "length");
+    assert_eq!(a["usage"]["completion_tokens"], 12);
+    assert_eq!(a["object"], "text_completion");
+    let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 1.0, "seed": 3, "n": 3});
+    let (_, r) = post(addr, "/v1/completions", req).await;
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    assert_eq!(
+        choices
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(r["usage"]["completion_tokens"], 24);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_openai_errors_with_the_right_status() {
+    let addr = serve(64, None).await;
+    let check = |status: u16, body: &str, want: u16| {
+        assert_eq!(status, want, "{body}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        let e = &v["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(
+            e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(),
+            "{body}"
+        );
+    };
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("/v1/chat/completions", "{not json".into(), 400),
+        ("/v1/chat/completions", "[1, 2]".into(), 400),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL}).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": "hi"}).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": []}).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"temperature": 5})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"top_p": -1})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"max_tokens": 0})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"n": 0})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"logit_bias": {"abc": 1}})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"logit_bias": {"99999999": 1}})).to_string(),
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            chat(&"word ".repeat(200), json!({})).to_string(),
+            400,
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": 5}).to_string(),
+            400,
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": ""}).to_string(),
+            400,
+        ),
+        ("/detokenize", json!({"tokens": [1, -2]}).to_string(), 400),
+    ];
+    for (path, body, want) in cases {
+        let (status, text) = http(addr, "POST", path, &[], body.as_bytes()).await;
+        check(status, &text, want);
+    }
+    let (status, text) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(&"word ".repeat(200), json!({})),
+    )
+    .await;
+    let msg = text["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("64") && msg.contains("prompt has"), "{msg}");
+    assert_eq!(status, 400);
+    let (status, text) = http(addr, "GET", "/v1/nothing", &[], b"").await;
+    check(status, &text, 404);
+    let huge = vec![b' '; MAX_BODY_BYTES + 10];
+    let (status, text) = http(addr, "POST", "/v1/completions", &[], &huge).await;
+    check(status, &text, 413);
+    // The server still answers after all of that.
+    let (status, _) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("hi", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_key_is_required_when_set_and_health_is_open() {
+    let addr = serve(256, Some("sekret")).await;
+    let body = chat("hi", json!({"max_tokens": 2})).to_string();
+    let (status, text) = http(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer wrong")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer sekret")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = http(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 200);
+    let (status, text) = http(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer sekret")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["data"][0]["id"],
+        MODEL
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_is_503_until_the_model_loads_and_tokens_round_trip() {
+    let state = Arc::new(AppState::new(MODEL.into(), None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let state = state.clone();
+        async move { axum::serve(listener, router(state)).await }
+    });
+    let (status, _) = http(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(status, 503);
+    let (status, _) = post(addr, "/v1/chat/completions", chat("hi", json!({}))).await;
+    assert_eq!(status, 503);
+    let _ = state.engine.set(Engine::start(loaded(), 256));
+    let (status, _) = http(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(status, 200);
+    let (status, t) = post(addr, "/tokenize", json!({"prompt": "Hello, world"})).await;
+    assert_eq!(status, 200);
+    let (_, d) = post(addr, "/detokenize", json!({"tokens": t["tokens"]})).await;
+    assert_eq!(d["prompt"], "Hello, world");
+}

@@ -41,6 +41,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
     lampo_kernels::parallel::set_threads(a.model.threads);
+    tracing_subscriber::fmt().with_target(false).init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,6 +5,7 @@
 //! interface.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -20,11 +21,29 @@ pub struct Request {
     pub stop: Vec<String>,
 }
 
-/// What a request produces, in order: text pieces, then one `Done`.
+/// What a request produces, in order: `Started` when the engine takes it
+/// from the queue, text pieces, then one `Done`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    Started,
     Text(String),
     Done(Done),
+}
+
+/// How busy the engine is, for metrics and load balancers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    pub waiting: usize,
+    pub running: usize,
+    /// Share of the KV cache holding tokens (0 to 1).
+    pub kv_usage: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    kv_tokens: AtomicUsize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +81,7 @@ pub struct Engine {
     n_ctx: usize,
     jobs: Option<mpsc::Sender<Box<Job>>>,
     worker: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
 }
 
 impl Engine {
@@ -69,12 +89,21 @@ impl Engine {
     pub fn start(model: Arc<LoadedModel>, n_ctx: usize) -> Engine {
         let (tx, rx) = mpsc::channel::<Box<Job>>();
         let lm = model.clone();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
         let worker = std::thread::Builder::new()
             .name("lampo-engine".into())
             .spawn(move || {
                 let mut session = Session::new(&lm, n_ctx);
-                for job in rx {
-                    run(&mut session, *job);
+                for mut job in rx {
+                    c.waiting.fetch_sub(1, Ordering::Relaxed);
+                    c.running.fetch_add(1, Ordering::Relaxed);
+                    if (job.sink)(Event::Started) {
+                        run(&mut session, *job);
+                    }
+                    c.kv_tokens
+                        .store(session.cached_tokens(), Ordering::Relaxed);
+                    c.running.fetch_sub(1, Ordering::Relaxed);
                 }
             })
             .expect("spawning the engine thread");
@@ -83,6 +112,7 @@ impl Engine {
             n_ctx,
             jobs: Some(tx),
             worker: Some(worker),
+            counters,
         }
     }
 
@@ -94,11 +124,22 @@ impl Engine {
         self.n_ctx
     }
 
+    pub fn load(&self) -> Load {
+        let c = &self.counters;
+        Load {
+            waiting: c.waiting.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed),
+            kv_usage: c.kv_tokens.load(Ordering::Relaxed) as f64 / self.n_ctx.max(1) as f64,
+        }
+    }
+
     /// Queues a request; its events go to `sink`.
     pub fn submit(&self, request: Request, sink: Sink) {
         let job = Box::new(Job { request, sink });
         let Some(jobs) = &self.jobs else { return };
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::SendError(mut job)) = jobs.send(job) {
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             (job.sink)(Event::Done(Done {
                 finish: Finish::Error("the engine has stopped".into()),
                 prompt_tokens: job.request.prompt.len(),

@@ -52,6 +52,11 @@ impl<'m> Session<'m> {
         }
     }
 
+    /// Tokens whose keys and values the session holds.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached.len()
+    }
+
     /// Generates a continuation of `prompt`, calling `on_text` with each
     /// complete piece of text; returning `false` from it stops generation.
     /// Whatever prefix of `prompt` is already cached is not recomputed.

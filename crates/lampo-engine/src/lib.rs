@@ -7,7 +7,7 @@ pub mod generate;
 pub mod perplexity;
 pub mod sampling;
 
-pub use engine::{Done, Engine, Event, Finish, Request, Sink, StopMatcher};
+pub use engine::{Done, Engine, Event, Finish, Load, Request, Sink, StopMatcher};
 pub use generate::{FinishReason, GenerateParams, Generation, Session};
 pub use perplexity::{PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingParams};

@@ -2,15 +2,16 @@
 //! interface. Handlers validate and tokenize; the engine generates; no math
 //! here.
 
+pub mod metrics;
 pub mod openai;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -173,6 +174,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
         .merge(api)
         .fallback(|| async {
             ApiError {
@@ -183,7 +185,38 @@ pub fn router(state: Arc<AppState>) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// Gives every request an id (the client's `x-request-id`, or a new one),
+/// echoes it in the response, logs the request with it, and counts it.
+async fn track(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| random_id("req"), String::from);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().clone();
+    let start = Instant::now();
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    tracing::info!(request_id = %id, %method, route = %route, status, ms = start.elapsed().as_millis() as u64, "request");
+    metrics::http_request(&route, status);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = metrics::render(&state.model_name, state.engine.get().map(Engine::load));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn require_key(
@@ -394,14 +427,21 @@ fn engine_request(
 }
 
 /// Runs one request to completion.
-async fn collect(state: &AppState, request: EngineRequest) -> Result<(String, Done), ApiError> {
+async fn collect(
+    state: &AppState,
+    request: EngineRequest,
+    arrived: Instant,
+) -> Result<(String, Done), ApiError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
     state
         .engine()?
         .submit(request, Box::new(move |e| tx.send(e).is_ok()));
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
+        tracker.event(&event);
         match event {
+            Event::Started => {}
             Event::Text(t) => text.push_str(&t),
             Event::Done(done) => {
                 if let Finish::Error(e) = &done.finish {
@@ -474,6 +514,7 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     check_model(&state, &req.model)?;
     if req.logprobs == Some(true) || req.top_logprobs.is_some() {
         return Err(ApiError::bad_request(
@@ -502,11 +543,14 @@ async fn chat_completions(
         return Ok(stream(
             state,
             requests,
-            plan.include_usage,
-            id,
-            created,
-            model,
-            true,
+            StreamMeta {
+                id,
+                created,
+                model,
+                chat: true,
+                include_usage: plan.include_usage,
+                arrived,
+            },
         ));
     }
     let mut choices = Vec::new();
@@ -516,7 +560,7 @@ async fn chat_completions(
         total_tokens: 0,
     };
     for (index, r) in requests.into_iter().enumerate() {
-        let (content, done) = collect(&state, r).await?;
+        let (content, done) = collect(&state, r, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
         choices.push(ChatChoice {
             index,
@@ -544,6 +588,7 @@ async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     check_model(&state, &req.model)?;
     if req.logprobs.is_some() || req.echo == Some(true) {
         return Err(ApiError::bad_request(
@@ -575,11 +620,14 @@ async fn completions(
         return Ok(stream(
             state,
             requests,
-            plan.include_usage,
-            id,
-            created,
-            model,
-            false,
+            StreamMeta {
+                id,
+                created,
+                model,
+                chat: false,
+                include_usage: plan.include_usage,
+                arrived,
+            },
         ));
     }
     let mut choices = Vec::new();
@@ -589,7 +637,7 @@ async fn completions(
         total_tokens: 0,
     };
     for (index, r) in requests.into_iter().enumerate() {
-        let (text, done) = collect(&state, r).await?;
+        let (text, done) = collect(&state, r, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
         choices.push(CompletionChoice {
             index,
@@ -613,15 +661,25 @@ async fn completions(
 /// Server-sent events as OpenAI sends them: for chat, the role in the
 /// first delta, text deltas, a final delta with the finish reason, the
 /// usage chunk when asked for, then `[DONE]`.
-fn stream(
-    state: Arc<AppState>,
-    requests: Vec<EngineRequest>,
-    include_usage: bool,
+/// What every chunk of one streamed response repeats, and how it ends.
+struct StreamMeta {
     id: String,
     created: u64,
     model: String,
     chat: bool,
-) -> Response {
+    include_usage: bool,
+    arrived: Instant,
+}
+
+fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) -> Response {
+    let StreamMeta {
+        id,
+        created,
+        model,
+        chat,
+        include_usage,
+        arrived,
+    } = meta;
     let (out, rx) = mpsc::unbounded_channel::<Result<SseEvent, Infallible>>();
     let object = if chat {
         "chat.completion.chunk"
@@ -650,9 +708,12 @@ fn stream(
             }
             let (tx, mut events) = mpsc::unbounded_channel();
             let Ok(engine) = state.engine() else { return };
+            let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
             engine.submit(request, Box::new(move |e| tx.send(e).is_ok()));
             while let Some(event) = events.recv().await {
+                tracker.event(&event);
                 let choice = match event {
+                    Event::Started => continue,
                     Event::Text(t) if chat => {
                         json!({"index": index, "delta": {"content": t}, "logprobs": null, "finish_reason": null})
                     }

@@ -46,6 +46,18 @@ async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// As `http`, with the response head.
+async fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
@@ -71,7 +83,7 @@ async fn http(
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -441,4 +453,44 @@ async fn ready_is_503_until_the_model_loads_and_tokens_round_trip() {
     assert_eq!(status, 200);
     let (_, d) = post(addr, "/detokenize", json!({"tokens": t["tokens"]})).await;
     assert_eq!(d["prompt"], "Hello, world");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_latency_histograms_and_load_and_request_ids_echo() {
+    let addr = serve(512, None).await;
+    let body = chat("hi", json!({"max_tokens": 4})).to_string();
+    let (status, head, _) = http_full(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-request-id", "trace-42")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: trace-42"),
+        "{head}"
+    );
+    let (_, head, _) = http_full(addr, "GET", "/health", &[], b"").await;
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: req-"),
+        "{head}"
+    );
+    let (status, text) = http(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    for name in [
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_sum",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "lampo_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
 }

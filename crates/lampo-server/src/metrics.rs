@@ -1,0 +1,137 @@
+//! Prometheus metrics through the `metrics` crate, under the names vLLM
+//! uses: the Gateway API Inference Extension's endpoint picker reads
+//! `vllm:num_requests_waiting`, `vllm:num_requests_running` and
+//! `vllm:kv_cache_usage_perc` (also `vllm:gpu_cache_usage_perc`, its older
+//! name) to route requests, and dashboards built for vLLM read the rest.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use lampo_engine::{Event, Finish, Load};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide recorder (installed on first use).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 120.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&seconds)
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder (a test harness's) may own the global slot; this
+        // one then renders empty, which the tests would catch.
+        let _ = metrics::set_global_recorder(recorder);
+        metrics::describe_histogram!(
+            "vllm:time_to_first_token_seconds",
+            "Time from request to first generated text."
+        );
+        metrics::describe_histogram!(
+            "vllm:inter_token_latency_seconds",
+            "Time between streamed text pieces."
+        );
+        metrics::describe_histogram!(
+            "vllm:e2e_request_latency_seconds",
+            "Time from request to its last token."
+        );
+        metrics::describe_histogram!(
+            "vllm:request_queue_time_seconds",
+            "Time a request waited for the engine."
+        );
+        metrics::describe_counter!(
+            "vllm:prompt_tokens_total",
+            "Prompt tokens of finished requests."
+        );
+        metrics::describe_counter!("vllm:generation_tokens_total", "Tokens generated.");
+        metrics::describe_counter!(
+            "lampo_http_requests_total",
+            "HTTP requests by route and status."
+        );
+        metrics::describe_gauge!(
+            "vllm:num_requests_waiting",
+            "Requests queued for the engine."
+        );
+        metrics::describe_gauge!(
+            "vllm:num_requests_running",
+            "Requests the engine is generating for."
+        );
+        metrics::describe_gauge!(
+            "vllm:kv_cache_usage_perc",
+            "Share of the KV cache in use (1 is full)."
+        );
+        handle
+    })
+}
+
+/// Sets the engine gauges, then renders every metric as Prometheus text.
+pub fn render(model: &str, load: Option<Load>) -> String {
+    let h = handle();
+    if let Some(load) = load {
+        let label = [("model_name", model.to_string())];
+        gauge!("vllm:num_requests_waiting", &label).set(load.waiting as f64);
+        gauge!("vllm:num_requests_running", &label).set(load.running as f64);
+        gauge!("vllm:kv_cache_usage_perc", &label).set(load.kv_usage);
+        gauge!("vllm:gpu_cache_usage_perc", &label).set(load.kv_usage);
+    }
+    h.render()
+}
+
+pub fn http_request(route: &str, status: u16) {
+    handle();
+    counter!("lampo_http_requests_total", "route" => route.to_string(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// Times one engine request from its arrival to its last event.
+pub struct Tracker {
+    model: String,
+    arrived: Instant,
+    submitted: Instant,
+    last_text: Option<Instant>,
+}
+
+impl Tracker {
+    pub fn new(model: &str, arrived: Instant) -> Tracker {
+        handle();
+        Tracker {
+            model: model.to_string(),
+            arrived,
+            submitted: Instant::now(),
+            last_text: None,
+        }
+    }
+
+    pub fn event(&mut self, event: &Event) {
+        let label = [("model_name", self.model.clone())];
+        let now = Instant::now();
+        match event {
+            Event::Started => {
+                histogram!("vllm:request_queue_time_seconds", &label)
+                    .record((now - self.submitted).as_secs_f64());
+            }
+            Event::Text(_) => {
+                match self.last_text {
+                    None => histogram!("vllm:time_to_first_token_seconds", &label)
+                        .record((now - self.arrived).as_secs_f64()),
+                    Some(t) => histogram!("vllm:inter_token_latency_seconds", &label)
+                        .record((now - t).as_secs_f64()),
+                }
+                self.last_text = Some(now);
+            }
+            Event::Done(done) => {
+                if !matches!(done.finish, Finish::Error(_)) {
+                    histogram!("vllm:e2e_request_latency_seconds", &label)
+                        .record((now - self.arrived).as_secs_f64());
+                }
+                counter!("vllm:prompt_tokens_total", &label).increment(done.prompt_tokens as u64);
+                counter!("vllm:generation_tokens_total", &label)
+                    .increment(done.completion_tokens as u64);
+            }
+        }
+    }
+}

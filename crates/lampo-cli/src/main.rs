@@ -138,6 +138,7 @@ impl SamplingArgs {
                 seed: self.seed,
                 ..SamplingParams::default()
             },
+            logprobs: None,
         })
     }
 }

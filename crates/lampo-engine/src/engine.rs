@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 
 use lampo_model::LoadedModel;
 
-use crate::generate::{FinishReason, GenerateParams, Session};
+use std::collections::VecDeque;
+
+use crate::generate::{FinishReason, GenerateParams, Session, TokenLogprob};
 
 /// One generation request.
 pub struct Request {
@@ -26,7 +28,12 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Started,
-    Text(String),
+    /// Text, with the log-probabilities (when asked for) of the tokens whose
+    /// text begins in it.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Done),
 }
 
@@ -163,11 +170,33 @@ fn run(session: &mut Session, mut job: Job) {
     let mut stops = StopMatcher::new(&request.stop);
     let mut open = true;
     let mut hit_stop = false;
-    let result = session.generate(&request.prompt, &request.params, |text| {
+    // Log-probabilities wait until the text of their token is emitted;
+    // each is keyed by the byte offset where its token's text begins.
+    let mut pending: VecDeque<(usize, TokenLogprob)> = VecDeque::new();
+    let (mut generated, mut emitted) = (0usize, 0usize);
+    let release = |upto: usize, pending: &mut VecDeque<(usize, TokenLogprob)>| {
+        let mut out = Vec::new();
+        while pending.front().is_some_and(|(at, _)| *at < upto) {
+            out.push(pending.pop_front().expect("checked").1);
+        }
+        out
+    };
+    let result = session.generate_tokens(&request.prompt, &request.params, |text, lp| {
+        if let Some(lp) = lp {
+            pending.push_back((generated, lp));
+        }
+        generated += text.len();
         let (emit, hit) = stops.push(text);
-        if !emit.is_empty() && !sink(Event::Text(emit)) {
-            open = false;
-            return false;
+        if !emit.is_empty() {
+            emitted += emit.len();
+            let logprobs = release(emitted, &mut pending);
+            if !sink(Event::Text {
+                text: emit,
+                logprobs,
+            }) {
+                open = false;
+                return false;
+            }
         }
         hit_stop = hit;
         !hit
@@ -183,8 +212,12 @@ fn run(session: &mut Session, mut job: Job) {
             };
             if open && !hit_stop {
                 let rest = stops.finish();
-                if !rest.is_empty() {
-                    open = sink(Event::Text(rest));
+                let logprobs = release(usize::MAX, &mut pending);
+                if !rest.is_empty() || !logprobs.is_empty() {
+                    open = sink(Event::Text {
+                        text: rest,
+                        logprobs,
+                    });
                 }
             }
             Done {

@@ -11,6 +11,42 @@ use crate::sampling::{Sampler, SamplingParams};
 pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Report each generated token's log-probability and this many most
+    /// likely alternatives (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+}
+
+/// A generated token's log-probability under the model (before sampling
+/// settings reshape the distribution), with the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-probability of `token` and the `k` most likely tokens, from logits.
+fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if top.len() < k || top.last().is_some_and(|&(_, m)| l > m) {
+            let at = top.partition_point(|&(_, m)| m >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(k);
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - lse,
+        top: top.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+    }
 }
 
 /// Why generation ended.
@@ -66,6 +102,19 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation, ModelError> {
+        self.generate_tokens(prompt, params, |text, _| text.is_empty() || on_text(text))
+    }
+
+    /// As `generate`, calling `on_token` once per generated token (but the
+    /// end-of-generation one) with the text it completes (empty while a
+    /// character is still incomplete) and, if asked for, its
+    /// log-probabilities; a last call may carry leftover text alone.
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(&str, Option<TokenLogprob>) -> bool,
+    ) -> Result<Generation, ModelError> {
         let tok = &self.lm.tokenizer;
         if prompt.is_empty() {
             return Err(ModelError::Config("the prompt is empty".into()));
@@ -108,14 +157,17 @@ impl<'m> Session<'m> {
             if out.len() >= params.max_tokens {
                 break FinishReason::Length;
             }
+            // The sampler reshapes logits in place: keep the model's own.
+            let raw = params.logprobs.map(|_| logits.clone());
             let next = sampler.sample(&mut logits);
             out.push(next);
             sampler.accept(next);
             if tok.is_eog(next) {
                 break FinishReason::Stop;
             }
+            let lp = raw.map(|raw| logprobs_of(&raw, next, params.logprobs.unwrap_or(0)));
             let text = decoder.push(tok.token_bytes(next));
-            if !text.is_empty() && !on_text(&text) {
+            if !on_token(&text, lp) {
                 break FinishReason::Cancelled;
             }
             if out.len() >= params.max_tokens || self.kv.len() + 1 > self.kv.capacity() {
@@ -126,7 +178,7 @@ impl<'m> Session<'m> {
         };
         let rest = decoder.finish();
         if !rest.is_empty() {
-            on_text(&rest);
+            on_token(&rest, None);
         }
         Ok(Generation {
             tokens: out,
@@ -135,5 +187,27 @@ impl<'m> Session<'m> {
             prefill_time,
             decode_time: start.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_normalized_and_top_is_sorted() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0, 3.0];
+        let lp = logprobs_of(&logits, 2, 3);
+        let total: f64 = logits.iter().map(|&l| ((l - 3.0) as f64).exp()).sum();
+        let want = (2.0 - 3.0) - total.ln() as f32;
+        assert!((lp.logprob - want).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4, 2]);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let p: f64 = logits
+            .iter()
+            .map(|&l| ((l - 3.0) as f64).exp() / total)
+            .sum();
+        assert!((p - 1.0).abs() < 1e-9);
+        assert!(logprobs_of(&logits, 0, 0).top.is_empty());
     }
 }

@@ -8,7 +8,7 @@ pub mod perplexity;
 pub mod sampling;
 
 pub use engine::{Done, Engine, Event, Finish, Load, Request, Sink, StopMatcher};
-pub use generate::{FinishReason, GenerateParams, Generation, Session};
+pub use generate::{FinishReason, GenerateParams, Generation, Session, TokenLogprob};
 pub use perplexity::{PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingParams};
 

@@ -28,6 +28,7 @@ fn greedy(max_tokens: usize) -> GenerateParams {
     GenerateParams {
         max_tokens,
         sampling: SamplingParams::greedy(),
+        logprobs: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn seeded_sampling_is_reproducible() {
             seed: Some(seed),
             ..SamplingParams::default()
         },
+        logprobs: None,
     };
     let a = chat(&lm, "Tell me a story about a cat.", &params(42)).0;
     let b = chat(&lm, "Tell me a story about a cat.", &params(42)).0;

@@ -17,10 +17,11 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lampo_engine::TokenLogprob;
 use lampo_engine::{
     Done, Engine, Event, Finish, GenerateParams, Request as EngineRequest, SamplingParams,
 };
-use lampo_model::Message;
+use lampo_model::{Message, Tokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -283,6 +284,8 @@ struct Plan {
     n: usize,
     stream: bool,
     include_usage: bool,
+    /// Alternatives per token when log-probabilities are asked for.
+    logprobs: Option<usize>,
 }
 
 fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
@@ -370,6 +373,7 @@ fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
         n,
         stream: s.stream,
         include_usage: s.stream_options.is_some_and(|o| o.include_usage),
+        logprobs: None,
     })
 }
 
@@ -421,28 +425,35 @@ fn engine_request(
         params: GenerateParams {
             max_tokens: plan.max_tokens.unwrap_or(n_ctx).min(n_ctx - prompt.len()),
             sampling,
+            logprobs: plan.logprobs,
         },
         stop: plan.stop.clone(),
     })
 }
 
-/// Runs one request to completion.
+/// Runs one request to completion: its text, log-probabilities and end.
 async fn collect(
     state: &AppState,
     request: EngineRequest,
     arrived: Instant,
-) -> Result<(String, Done), ApiError> {
+) -> Result<(String, Vec<TokenLogprob>, Done), ApiError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
     state
         .engine()?
         .submit(request, Box::new(move |e| tx.send(e).is_ok()));
-    let mut text = String::new();
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(event) = rx.recv().await {
         tracker.event(&event);
         match event {
             Event::Started => {}
-            Event::Text(t) => text.push_str(&t),
+            Event::Text {
+                text: t,
+                logprobs: l,
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
             Event::Done(done) => {
                 if let Finish::Error(e) = &done.finish {
                     return Err(ApiError {
@@ -452,7 +463,7 @@ async fn collect(
                         code: None,
                     });
                 }
-                return Ok((text, done));
+                return Ok((text, logprobs, done));
             }
         }
     }
@@ -516,13 +527,24 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     check_model(&state, &req.model)?;
-    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
-        return Err(ApiError::bad_request(
-            "logprobs are not supported yet",
-            Some("logprobs"),
-        ));
-    }
-    let plan = plan(req.sampling, req.max_completion_tokens)?;
+    let mut plan = plan(req.sampling, req.max_completion_tokens)?;
+    plan.logprobs = match (req.logprobs, req.top_logprobs) {
+        (Some(true), None) => Some(0),
+        (Some(true), Some(k @ 0..=20)) => Some(k as usize),
+        (Some(true), Some(k)) => {
+            return Err(ApiError::bad_request(
+                format!("top_logprobs must be between 0 and 20, got {k}"),
+                Some("top_logprobs"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "top_logprobs needs logprobs set to true",
+                Some("top_logprobs"),
+            ));
+        }
+        _ => None,
+    };
     let messages = to_messages(req.messages)?;
     let lm = state.engine()?.model();
     let template = lm.chat_template.as_ref().ok_or_else(|| {
@@ -544,6 +566,7 @@ async fn chat_completions(
             state,
             requests,
             StreamMeta {
+                echo: String::new(),
                 id,
                 created,
                 model,
@@ -560,7 +583,7 @@ async fn chat_completions(
         total_tokens: 0,
     };
     for (index, r) in requests.into_iter().enumerate() {
-        let (content, done) = collect(&state, r, arrived).await?;
+        let (content, lps, done) = collect(&state, r, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
         choices.push(ChatChoice {
             index,
@@ -568,7 +591,10 @@ async fn chat_completions(
                 role: "assistant",
                 content,
             },
-            logprobs: None,
+            logprobs: plan
+                .logprobs
+                .map(|_| chat_logprobs(&state.engine()?.model().tokenizer, &lps))
+                .transpose()?,
             finish_reason: finish_reason(&done.finish),
         });
     }
@@ -590,13 +616,24 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     check_model(&state, &req.model)?;
-    if req.logprobs.is_some() || req.echo == Some(true) {
-        return Err(ApiError::bad_request(
-            "logprobs and echo are not supported yet",
-            Some("logprobs"),
-        ));
-    }
-    let plan = plan(req.sampling, None)?;
+    let echo = req.echo == Some(true);
+    let mut plan = plan(req.sampling, None)?;
+    plan.logprobs = match req.logprobs {
+        None => None,
+        Some(_) if echo => {
+            return Err(ApiError::bad_request(
+                "echo together with logprobs is not supported yet",
+                Some("echo"),
+            ));
+        }
+        Some(k @ 0..=5) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::bad_request(
+                format!("logprobs must be between 0 and 5, got {k}"),
+                Some("logprobs"),
+            ));
+        }
+    };
     let prompt = match req.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
@@ -621,6 +658,7 @@ async fn completions(
             state,
             requests,
             StreamMeta {
+                echo: if echo { prompt.clone() } else { String::new() },
                 id,
                 created,
                 model,
@@ -637,12 +675,17 @@ async fn completions(
         total_tokens: 0,
     };
     for (index, r) in requests.into_iter().enumerate() {
-        let (text, done) = collect(&state, r, arrived).await?;
+        let (text, lps, done) = collect(&state, r, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
+        let tok = &state.engine()?.model().tokenizer;
         choices.push(CompletionChoice {
             index,
-            text,
-            logprobs: None,
+            logprobs: plan.logprobs.map(|_| completion_logprobs(tok, &lps, 0).0),
+            text: if echo {
+                format!("{prompt}{text}")
+            } else {
+                text
+            },
             finish_reason: finish_reason(&done.finish),
         });
     }
@@ -663,6 +706,8 @@ async fn completions(
 /// usage chunk when asked for, then `[DONE]`.
 /// What every chunk of one streamed response repeats, and how it ends.
 struct StreamMeta {
+    /// Text sent before each choice's own (the prompt, for `echo`).
+    echo: String,
     id: String,
     created: u64,
     model: String,
@@ -673,6 +718,7 @@ struct StreamMeta {
 
 fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) -> Response {
     let StreamMeta {
+        echo,
         id,
         created,
         model,
@@ -708,17 +754,40 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
             }
             let (tx, mut events) = mpsc::unbounded_channel();
             let Ok(engine) = state.engine() else { return };
+            let tok = &engine.model().tokenizer;
+            let want_logprobs = request.params.logprobs.is_some();
+            let mut offset = 0;
+            if !echo.is_empty()
+                && !send(chunk(
+                    json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}]),
+                    None,
+                ))
+            {
+                return;
+            }
             let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
             engine.submit(request, Box::new(move |e| tx.send(e).is_ok()));
             while let Some(event) = events.recv().await {
                 tracker.event(&event);
                 let choice = match event {
                     Event::Started => continue,
-                    Event::Text(t) if chat => {
-                        json!({"index": index, "delta": {"content": t}, "logprobs": null, "finish_reason": null})
+                    Event::Text { text, logprobs } if chat => {
+                        let lp = if want_logprobs {
+                            chat_logprobs(tok, &logprobs).unwrap_or(Value::Null)
+                        } else {
+                            Value::Null
+                        };
+                        json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
                     }
-                    Event::Text(t) => {
-                        json!({"index": index, "text": t, "logprobs": null, "finish_reason": null})
+                    Event::Text { text, logprobs } => {
+                        let lp = if want_logprobs {
+                            let (lp, next) = completion_logprobs(tok, &logprobs, offset);
+                            offset = next;
+                            lp
+                        } else {
+                            Value::Null
+                        };
+                        json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
                     }
                     Event::Done(done) => {
                         if let Finish::Error(e) = &done.finish {
@@ -749,6 +818,53 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
         let _ = send(SseEvent::default().data("[DONE]"));
     });
     Sse::new(UnboundedReceiverStream::new(rx)).into_response()
+}
+
+/// A token as OpenAI's log-probability entries show it.
+fn token_entry(tok: &Tokenizer, id: u32, logprob: f32) -> Value {
+    let bytes = tok.token_bytes(id);
+    json!({"token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes})
+}
+
+/// Chat `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Result<Value, ApiError> {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut e = token_entry(tok, l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|&(t, p)| token_entry(tok, t, p)).collect();
+            e
+        })
+        .collect();
+    Ok(json!({"content": content}))
+}
+
+/// Text-completion `logprobs` (the legacy shape), with text offsets from
+/// `offset`; also returns the offset after the last token.
+fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob], mut offset: usize) -> (Value, usize) {
+    let (mut tokens, mut values, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for l in lps {
+        let text = String::from_utf8_lossy(tok.token_bytes(l.token)).into_owned();
+        offsets.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        values.push(l.logprob);
+        let top: serde_json::Map<String, Value> = l
+            .top
+            .iter()
+            .map(|&(t, p)| {
+                (
+                    String::from_utf8_lossy(tok.token_bytes(t)).into_owned(),
+                    json!(p),
+                )
+            })
+            .collect();
+        tops.push(Value::Object(top));
+    }
+    (
+        json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}),
+        offset,
+    )
 }
 
 async fn tokenize(

@@ -114,7 +114,7 @@ impl Tracker {
                 histogram!("vllm:request_queue_time_seconds", &label)
                     .record((now - self.submitted).as_secs_f64());
             }
-            Event::Text(_) => {
+            Event::Text { .. } => {
                 match self.last_text {
                     None => histogram!("vllm:time_to_first_token_seconds", &label)
                         .record((now - self.arrived).as_secs_f64()),

@@ -494,3 +494,123 @@ async fn metrics_show_latency_histograms_and_load_and_request_ids_echo() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logprobs_cover_the_output_tokens_in_both_apis_and_echo_prepends_the_prompt() {
+    let addr = serve(1024, None).await;
+    let (status, r) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(QUESTION, json!({"logprobs": true, "top_logprobs": 3})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let joined: String = content
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text, "the tokens spell the answer");
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(
+            lp <= 0.0
+                && top
+                    .windows(2)
+                    .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64())
+        );
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(e["token"], top[0]["token"]);
+        assert!((lp - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-6);
+        assert!(e["bytes"].is_array());
+    }
+    // Streamed: the same entries, spread over the chunks.
+    let req = chat(
+        QUESTION,
+        json!({"logprobs": true, "top_logprobs": 3, "stream": true}),
+    );
+    let (_, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    let streamed: Vec<Value> = events(&body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let c: Value = serde_json::from_str(e).ok()?;
+            c["choices"].get(0)?["logprobs"]["content"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, content);
+
+    let req = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2});
+    let (status, r) = post(addr, "/v1/completions", req).await;
+    assert_eq!(status, 200, "{r}");
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    let lp = &r["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), text);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), tokens.len());
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    assert!(
+        lp["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.as_object().unwrap().len() <= 2)
+    );
+
+    let req = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "echo": true});
+    let (_, r) = post(addr, "/v1/completions", req).await;
+    assert!(
+        r["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("The capital of France is"),
+        "{r}"
+    );
+
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"logprobs": true, "top_logprobs": 21})),
+        ),
+        (
+            "/v1/chat/completions",
+            chat("hi", json!({"top_logprobs": 2})),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logprobs": 6}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logprobs": 1, "echo": true}),
+        ),
+    ] {
+        let (status, r) = post(addr, path, body).await;
+        assert_eq!(status, 400, "{r}");
+    }
+}

@@ -173,7 +173,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .merge(api)
@@ -215,6 +216,7 @@ async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let body = metrics::render(&state.model_name, state.engine.get().map(Engine::load));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -244,11 +246,22 @@ async fn require_key(
     next.run(request).await
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    state.engine()?;
-    Ok(Json(json!({"status": "ready"})))
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Status)))]
+async fn health() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
 }
 
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Status), (status = 503, body = ErrorBody)))]
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
+    state.engine()?;
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
@@ -521,6 +534,10 @@ fn to_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
         .collect()
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest,
+    responses((status = 200, description = "A completion, or server-sent events when `stream` is true", body = ChatResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ChatRequest>,
@@ -610,6 +627,10 @@ async fn chat_completions(
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses((status = 200, description = "A completion, or server-sent events when `stream` is true", body = CompletionResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CompletionRequest>,
@@ -867,52 +888,67 @@ fn completion_logprobs(tok: &Tokenizer, lps: &[TokenLogprob], mut offset: usize)
     )
 }
 
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorBody)))]
 async fn tokenize(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let text = body
-        .get("prompt")
-        .or_else(|| body.get("content"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("expected a string field 'prompt'", Some("prompt")))?;
-    let add_special = body
-        .get("add_special_tokens")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let tokens = state
-        .engine()?
+    ApiJson(body): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let engine = state.engine()?;
+    let tokens = engine
         .model()
         .tokenizer
-        .encode(text, add_special, true)
+        .encode(&body.prompt, body.add_special_tokens, true)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    Ok(Json(
-        json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine()?.context_size()}),
-    ))
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        tokens,
+        max_model_len: engine.context_size(),
+    }))
 }
 
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorBody)))]
 async fn detokenize(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let n_vocab = state.engine()?.model().model.config.n_vocab;
-    let tokens: Vec<u32> = body
-        .get("tokens")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("expected an array field 'tokens'", Some("tokens")))?
-        .iter()
-        .map(|t| {
-            t.as_u64()
-                .filter(|&t| (t as usize) < n_vocab)
-                .map(|t| t as u32)
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                format!("tokens must be ids below {n_vocab}"),
-                Some("tokens"),
-            )
-        })?;
-    let text = state.engine()?.model().tokenizer.decode(&tokens, true);
-    Ok(Json(json!({"prompt": text})))
+    ApiJson(body): ApiJson<DetokenizeRequest>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let lm = state.engine()?.model();
+    let n_vocab = lm.model.config.n_vocab;
+    if let Some(bad) = body.tokens.iter().find(|&&t| t as usize >= n_vocab) {
+        return Err(ApiError::bad_request(
+            format!("token {bad} is outside the vocabulary of {n_vocab}"),
+            Some("tokens"),
+        ));
+    }
+    Ok(Json(DetokenizeResponse {
+        prompt: lm.tokenizer.decode(&body.tokens, true),
+    }))
+}
+
+/// The OpenAPI document of this API.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Lampo",
+        description = "Lampo's OpenAI-compatible inference API"
+    ),
+    paths(
+        chat_completions,
+        completions,
+        models,
+        tokenize,
+        detokenize,
+        health,
+        ready,
+        metrics_text
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi())
 }

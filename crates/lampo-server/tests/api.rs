@@ -614,3 +614,85 @@ async fn logprobs_cover_the_output_tokens_in_both_apis_and_echo_prepends_the_pro
         assert_eq!(status, 400, "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_matches_the_routes_and_request_shapes() {
+    let addr = serve(256, None).await;
+    let (status, text) = http(addr, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let served = [
+        ("/v1/chat/completions", "post"),
+        ("/v1/completions", "post"),
+        ("/v1/models", "get"),
+        ("/tokenize", "post"),
+        ("/detokenize", "post"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+    ];
+    for (path, method) in served {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+    // Every documented operation exists: none answers 404 or 405.
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let (status, body) = http(addr, &method.to_uppercase(), path, &[], b"{}").await;
+            assert!(
+                status != 404 && status != 405,
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    // The request schemas carry OpenAI's field names, flattened ones included.
+    let schemas = &doc["components"]["schemas"];
+    let mut fields = Vec::new();
+    let mut required = Vec::new();
+    collect_fields(schemas, &schemas["ChatRequest"], &mut fields, &mut required);
+    for f in [
+        "messages",
+        "model",
+        "temperature",
+        "top_p",
+        "stop",
+        "stream",
+        "logprobs",
+        "max_completion_tokens",
+        "seed",
+        "n",
+    ] {
+        assert!(
+            fields.iter().any(|x| x == f),
+            "ChatRequest lacks {f}: {fields:?}"
+        );
+    }
+    assert!(required.contains(&"model".to_string()) && required.contains(&"messages".to_string()));
+}
+
+/// Property names and required ones of a schema, following `$ref` and `allOf`.
+fn collect_fields(
+    schemas: &Value,
+    s: &Value,
+    fields: &mut Vec<String>,
+    required: &mut Vec<String>,
+) {
+    if let Some(r) = s["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        assert!(schemas.get(name).is_some(), "dangling reference {r}");
+        return collect_fields(schemas, &schemas[name], fields, required);
+    }
+    for part in s["allOf"].as_array().into_iter().flatten() {
+        collect_fields(schemas, part, fields, required);
+    }
+    if let Some(p) = s["properties"].as_object() {
+        fields.extend(p.keys().cloned());
+    }
+    if let Some(r) = s["required"].as_array() {
+        required.extend(r.iter().filter_map(|x| x.as_str().map(String::from)));
+    }
+}

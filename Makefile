@@ -3,10 +3,16 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 MODEL ?= smollm2
 CARGO_TEST ?= cargo test --release --workspace
 
-.PHONY: run chat serve build models test-models test test-neon lint fuzz
+.PHONY: run ask chat build models test-models test test-neon lint fuzz
 
-# Fetch the default model if missing, build, and answer a prompt with it.
+# Fetch the default model if missing, build, and serve the OpenAI-compatible
+# API on port 8080 (SIGTERM or Ctrl-C stops it).
 run: build
+	scripts/fetch-models $(MODEL)
+	./target/release/lampo serve -m $(MODEL) --model-alias $(MODEL)
+
+# Answer one prompt in the terminal.
+ask: build
 	scripts/fetch-models $(MODEL)
 	./target/release/lampo run -m $(MODEL) --chat --temp 0 -p "$(PROMPT)"
 
@@ -14,11 +20,6 @@ run: build
 chat: build
 	scripts/fetch-models $(MODEL)
 	./target/release/lampo chat -m $(MODEL)
-
-# The OpenAI-compatible API on port 8080 (SIGTERM or Ctrl-C stops it).
-serve: build
-	scripts/fetch-models $(MODEL)
-	./target/release/lampo serve -m $(MODEL)
 
 build:
 	cargo build --release

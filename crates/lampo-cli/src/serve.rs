@@ -1,7 +1,8 @@
 //! `lampo serve`: the OpenAI-compatible API. The server listens at once and
 //! answers `/health`; `/ready` and the API return 503 until the model has
 //! loaded. SIGTERM or Ctrl-C stops accepting connections and lets requests
-//! in flight finish.
+//! in flight finish for `--grace-period` seconds; then streams still open
+//! get a final chunk and `[DONE]`, other requests a 503, and it exits.
 
 use std::sync::Arc;
 
@@ -32,6 +33,9 @@ pub struct ServeArgs {
     /// The model name clients pass as `model` (default: the file's stem)
     #[arg(long)]
     model_alias: Option<String>,
+    /// Seconds requests in flight may run on after SIGTERM or Ctrl-C
+    #[arg(long, default_value_t = 30)]
+    grace_period: u64,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -70,9 +74,19 @@ pub fn run(a: ServeArgs) -> Result<()> {
             println!("lampo: model loaded, ready");
             Ok(())
         });
+        let grace = std::time::Duration::from_secs(a.grace_period);
+        let app = router(state.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown())
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown().await;
+                    // Stop accepting now; cut what still runs after the grace period.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        println!("lampo: grace period over, ending requests still running");
+                        state.cut_requests();
+                    });
+                })
                 .await
         });
         load.await.context("loading the model")??;

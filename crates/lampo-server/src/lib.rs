@@ -41,6 +41,9 @@ pub struct AppState {
     /// Required bearer token, if any.
     pub api_key: Option<String>,
     pub created: u64,
+    /// Turns true when the shutdown grace period is over: requests still
+    /// running end now (streams with a final chunk and `[DONE]`).
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -51,7 +54,19 @@ impl AppState {
             model_name,
             api_key,
             created: now(),
+            cut: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every request still in flight (after the shutdown grace period).
+    pub fn cut_requests(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Resolves once `cut_requests` has been called.
+    async fn cut(&self) {
+        let mut rx = self.cut.subscribe();
+        let _ = rx.wait_for(|&cut| cut).await;
     }
 
     fn engine(&self) -> Result<&Engine, ApiError> {
@@ -456,7 +471,21 @@ async fn collect(
         .engine()?
         .submit(request, Box::new(move |e| tx.send(e).is_ok()));
     let (mut text, mut logprobs) = (String::new(), Vec::new());
-    while let Some(event) = rx.recv().await {
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = state.cut() => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "the server is shutting down".into(),
+                    param: None,
+                    code: Some("shutting_down"),
+                });
+            }
+        };
         tracker.event(&event);
         match event {
             Event::Started => {}
@@ -788,7 +817,25 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
             }
             let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
             engine.submit(request, Box::new(move |e| tx.send(e).is_ok()));
-            while let Some(event) = events.recv().await {
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                    _ = state.cut() => {
+                        // The grace period is over: end this stream well-formed.
+                        let end = if chat {
+                            json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": "length"})
+                        } else {
+                            json!({"index": index, "text": "", "logprobs": null, "finish_reason": "length"})
+                        };
+                        if send(chunk(json!([end]), None)) {
+                            let _ = send(SseEvent::default().data("[DONE]"));
+                        }
+                        return;
+                    }
+                };
                 tracker.event(&event);
                 let choice = match event {
                     Event::Started => continue,

@@ -696,3 +696,53 @@ fn collect_fields(
         required.extend(r.iter().filter_map(|x| x.as_str().map(String::from)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cutting_requests_at_shutdown_ends_streams_well_formed() {
+    let state = Arc::new(AppState::new(MODEL.into(), None));
+    let _ = state.engine.set(Engine::start(loaded(), 2048));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let state = state.clone();
+        async move { axum::serve(listener, router(state)).await }
+    });
+    // End-of-text tokens banned, so only the cut can end it early.
+    let lm = loaded();
+    let bias: serde_json::Map<String, Value> = (0..lm.model.config.n_vocab as u32)
+        .filter(|&t| lm.tokenizer.is_eog(t))
+        .map(|t| (t.to_string(), json!(-100)))
+        .collect();
+    let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 1.0,
+                     "seed": 1, "stream": true, "logit_bias": bias});
+    let started = std::time::Instant::now();
+    let streaming = tokio::spawn(async move {
+        http(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[],
+            req.to_string().as_bytes(),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    state.cut_requests();
+    let (status, body) = streaming.await.unwrap();
+    assert_eq!(status, 200);
+    let ev = events(&body);
+    assert_eq!(ev.last().unwrap(), "[DONE]", "{body}");
+    let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
+    // Cut well before the 1900 tokens it asked for.
+    assert!(ev.len() < 1500, "{} chunks", ev.len());
+    assert!(started.elapsed().as_secs_f64() < 30.0);
+    // A request arriving after the cut is refused, not hung.
+    let (status, _) = post(
+        addr,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "Hi", "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(status, 503);
+}

@@ -106,7 +106,26 @@ impl Engine {
                     c.waiting.fetch_sub(1, Ordering::Relaxed);
                     c.running.fetch_add(1, Ordering::Relaxed);
                     if (job.sink)(Event::Started) {
-                        run(&mut session, *job);
+                        let Job { request, mut sink } = *job;
+                        // A request that panics fails alone: its sink hears
+                        // why, the session starts afresh, the worker goes on.
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                run(&mut session, &request, &mut sink)
+                            }));
+                        if let Err(panic) = outcome {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into());
+                            session = Session::new(&lm, n_ctx);
+                            sink(Event::Done(Done {
+                                finish: Finish::Error(format!("the engine failed: {why}")),
+                                prompt_tokens: request.prompt.len(),
+                                completion_tokens: 0,
+                            }));
+                        }
                     }
                     c.kv_tokens
                         .store(session.cached_tokens(), Ordering::Relaxed);
@@ -165,8 +184,7 @@ impl Drop for Engine {
     }
 }
 
-fn run(session: &mut Session, mut job: Job) {
-    let Job { request, sink } = &mut job;
+fn run(session: &mut Session, request: &Request, sink: &mut Sink) {
     let mut stops = StopMatcher::new(&request.stop);
     let mut open = true;
     let mut hit_stop = false;

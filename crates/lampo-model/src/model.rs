@@ -110,6 +110,14 @@ impl KvCache {
     }
 }
 
+/// One sequence's part of a batched forward pass: new tokens, its cache,
+/// and which of its positions need logits.
+pub struct Sequence<'a> {
+    pub tokens: &'a [u32],
+    pub kv: &'a mut KvCache,
+    pub logits: Logits,
+}
+
 /// Which positions of a forward pass need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -283,29 +291,46 @@ impl Model {
         kv: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut out = self.forward_batch(&mut [Sequence { tokens, kv, logits }])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Runs several sequences in one pass: every matmul takes the tokens of
+    /// all of them at once (each weight is read once for the whole batch),
+    /// while RoPE positions, KV caches and attention stay per sequence.
+    /// Returns each sequence's logits as `forward` would.
+    pub fn forward_batch(&self, seqs: &mut [Sequence]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        let n = tokens.len();
+        for s in seqs.iter() {
+            if s.kv.len + s.tokens.len() > s.kv.capacity {
+                return Err(ModelError::ContextFull {
+                    needed: s.kv.len + s.tokens.len(),
+                    capacity: s.kv.capacity,
+                });
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+                return Err(ModelError::BadToken {
+                    token: bad,
+                    n_vocab: c.n_vocab,
+                });
+            }
+        }
+        // Rows `starts[i]..starts[i + 1]` of every activation belong to sequence i.
+        let mut starts = vec![0usize];
+        for s in seqs.iter() {
+            starts.push(starts.last().unwrap() + s.tokens.len());
+        }
+        let n = *starts.last().unwrap();
         if n == 0 {
-            return Ok(Vec::new());
-        }
-        if kv.len + n > kv.capacity {
-            return Err(ModelError::ContextFull {
-                needed: kv.len + n,
-                capacity: kv.capacity,
-            });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(ModelError::BadToken {
-                token: bad,
-                n_vocab: c.n_vocab,
-            });
+            return Ok(vec![Vec::new(); seqs.len()]);
         }
         let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
-        let past = kv.len;
+        let pasts: Vec<usize> = seqs.iter().map(|s| s.kv.len).collect();
 
         let mut x = vec![0f32; n * d];
         let embd = self.w_rows(&self.token_embd);
-        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+        let all_tokens = seqs.iter().flat_map(|s| s.tokens.iter());
+        for (row, &t) in x.chunks_exact_mut(d).zip(all_tokens) {
             embd.dequantize_row_into(t as usize, row);
         }
         if c.spec.scale_embeddings {
@@ -323,8 +348,18 @@ impl Model {
         let mut up = vec![0f32; n * c.n_ff];
 
         // Every layer rotates the same positions: sines and cosines once.
-        let rope = self.rope.table(past, n);
-        let local_rope = self.local_rope.as_ref().map(|r| r.table(past, n));
+        let tables: Vec<_> = seqs
+            .iter()
+            .zip(&pasts)
+            .map(|(s, &past)| {
+                let global = self.rope.table(past, s.tokens.len());
+                let local = self
+                    .local_rope
+                    .as_ref()
+                    .map(|r| r.table(past, s.tokens.len()));
+                (global, local)
+            })
+            .collect();
         for (li, layer) in self.layers.iter().enumerate() {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
@@ -349,21 +384,31 @@ impl Model {
                 k.chunks_exact_mut(hd)
                     .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
             }
-            let rope = match (&local_rope, layer.window) {
-                (Some(local), Some(_)) => local,
-                _ => &rope,
-            };
-            for i in 0..n {
-                rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i);
-                rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i);
+            for (si, s) in seqs.iter_mut().enumerate() {
+                let (lo, hi, past) = (starts[si], starts[si + 1], pasts[si]);
+                let rope = match (&tables[si].1, layer.window) {
+                    (Some(local), Some(_)) => local,
+                    _ => &tables[si].0,
+                };
+                for i in lo..hi {
+                    rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i - lo);
+                    rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i - lo);
+                }
+                s.kv.k[li].extend(k[lo * kvd..hi * kvd].iter().map(|&x| f16::from_f32(x)));
+                s.kv.v[li].extend(v[lo * kvd..hi * kvd].iter().map(|&x| f16::from_f32(x)));
+                // Queries meet keys at f16 precision, as in GGML's f16 attention.
+                for x in q[lo * qd..hi * qd].iter_mut() {
+                    *x = f16::from_f32(*x).to_f32();
+                }
+                self.attention(
+                    &q[lo * qd..hi * qd],
+                    &s.kv.k[li],
+                    &s.kv.v[li],
+                    past,
+                    layer.window,
+                    &mut attn[lo * qd..hi * qd],
+                );
             }
-            kv.k[li].extend(k.iter().map(|&x| f16::from_f32(x)));
-            kv.v[li].extend(v.iter().map(|&x| f16::from_f32(x)));
-            // Queries meet keys at f16 precision, as in GGML's f16 attention.
-            for x in q.iter_mut() {
-                *x = f16::from_f32(*x).to_f32();
-            }
-            self.attention(&q, &kv.k[li], &kv.v[li], past, layer.window, &mut attn);
 
             matmul(&self.w(&layer.wo), &attn, &mut proj, self.activations);
             if let Some([post_attn, _]) = &layer.post_norms {
@@ -397,19 +442,43 @@ impl Model {
             }
             add_assign(&mut x, &proj);
         }
-        kv.len = past + n;
 
-        let rows = match logits {
-            Logits::Last => &x[(n - 1) * d..],
-            Logits::All => &x[..],
-        };
-        let mut normed = vec![0f32; rows.len()];
-        for (xr, hr) in rows.chunks_exact(d).zip(normed.chunks_exact_mut(d)) {
-            rms_norm(xr, &self.output_norm, c.rms_eps, hr);
+        // The rows that need logits, all through the output matrix at once.
+        let mut picked: Vec<(usize, usize)> = Vec::new();
+        for (si, s) in seqs.iter_mut().enumerate() {
+            s.kv.len = pasts[si] + s.tokens.len();
+            let (lo, hi) = (starts[si], starts[si + 1]);
+            let first = match s.logits {
+                Logits::Last => hi.saturating_sub(1).max(lo),
+                Logits::All => lo,
+            };
+            picked.push((first, if lo == hi { first } else { hi }));
         }
-        let mut out = vec![0f32; rows.len() / d * c.n_vocab];
-        matmul(&self.w(&self.output), &normed, &mut out, self.activations);
-        Ok(out)
+        let rows: usize = picked.iter().map(|(a, b)| b - a).sum();
+        let mut normed = vec![0f32; rows * d];
+        let mut at = 0;
+        for &(a, b) in &picked {
+            for r in a..b {
+                rms_norm(
+                    &x[r * d..(r + 1) * d],
+                    &self.output_norm,
+                    c.rms_eps,
+                    &mut normed[at * d..(at + 1) * d],
+                );
+                at += 1;
+            }
+        }
+        let mut out = vec![0f32; rows * c.n_vocab];
+        if rows > 0 {
+            matmul(&self.w(&self.output), &normed, &mut out, self.activations);
+        }
+        let mut result = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for &(a, b) in &picked {
+            result.push(out[at * c.n_vocab..(at + b - a) * c.n_vocab].to_vec());
+            at += b - a;
+        }
+        Ok(result)
     }
 
     /// Causal attention of the `n` new queries over the `past + n` positions,

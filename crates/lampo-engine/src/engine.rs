@@ -102,11 +102,11 @@ impl Engine {
             .name("lampo-engine".into())
             .spawn(move || {
                 let mut session = Session::new(&lm, n_ctx);
-                for mut job in rx {
+                for job in rx {
                     c.waiting.fetch_sub(1, Ordering::Relaxed);
                     c.running.fetch_add(1, Ordering::Relaxed);
-                    if (job.sink)(Event::Started) {
-                        let Job { request, mut sink } = *job;
+                    let Job { request, mut sink } = *job;
+                    if sink(Event::Started) {
                         // A request that panics fails alone: its sink hears
                         // why, the session starts afresh, the worker goes on.
                         let outcome =
@@ -130,6 +130,9 @@ impl Engine {
                     c.kv_tokens
                         .store(session.cached_tokens(), Ordering::Relaxed);
                     c.running.fetch_sub(1, Ordering::Relaxed);
+                    // Dropped last: a caller that waits for its channel to
+                    // close sees the counters already settled.
+                    drop(sink);
                 }
             })
             .expect("spawning the engine thread");

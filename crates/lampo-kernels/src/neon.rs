@@ -9,7 +9,9 @@
 
 use std::arch::aarch64::*;
 
-use crate::qdot::{MAX_TOKENS, Q8Block, Q8KBlock, RowDots, scales_mins_k4};
+use crate::qdot::{
+    MAX_TOKENS, Q8Block, Q8KBlock, RowDots, check_row_shapes as check, scales_mins_k4,
+};
 
 /// `acc` plus the sums of products of 16 signed bytes, four per lane.
 #[inline(always)]
@@ -61,16 +63,6 @@ fn high_bits(bits: u32) -> uint8x16_t {
     let hi = SPREAD[(bits >> 8 & 0xff) as usize];
     // SAFETY: NEON is always present on aarch64.
     unsafe { vreinterpretq_u8_u64(vcombine_u64(vcreate_u64(lo), vcreate_u64(hi))) }
-}
-
-/// Checks the shapes every kernel relies on before it reads raw pointers.
-fn check<B>(w: &[u8], block_bytes: usize, acts: &[B], out: &[f32]) -> usize {
-    let nt = out.len();
-    assert!((1..=MAX_TOKENS).contains(&nt), "{nt} activation rows");
-    let blocks = acts.len() / nt;
-    assert_eq!(acts.len(), blocks * nt, "activation rows of unequal length");
-    assert_eq!(w.len(), blocks * block_bytes, "weight row length");
-    blocks
 }
 
 /// Kernels for the 32-value formats: `$load` gives a block's 32 weights as

@@ -167,6 +167,19 @@ fn isum32(a: &[i8; 32], w: impl Fn(usize) -> i32) -> i32 {
 /// accumulators stay in registers.
 pub const MAX_TOKENS: usize = 4;
 
+/// Checks the shapes every SIMD kernel relies on before it reads raw
+/// pointers: 1 to `MAX_TOKENS` activation rows of equal length, and a weight
+/// row (or group of rows) of `block_bytes` per activation block. Returns
+/// the blocks per activation row.
+pub(crate) fn check_row_shapes<B>(w: &[u8], block_bytes: usize, acts: &[B], out: &[f32]) -> usize {
+    let nt = out.len();
+    assert!((1..=MAX_TOKENS).contains(&nt), "{nt} activation rows");
+    let blocks = acts.len() / nt;
+    assert_eq!(acts.len(), blocks * nt, "activation rows of unequal length");
+    assert_eq!(w.len(), blocks * block_bytes, "weight row length");
+    blocks
+}
+
 /// Dots one weight row with `out.len()` (1..=[`MAX_TOKENS`]) activation rows
 /// laid one after another in `acts`, writing one result per row.
 pub type Q8RowDot = fn(w: &[u8], acts: &[Q8Block], out: &mut [f32]);

@@ -1,5 +1,5 @@
 //! x86-64 integer dot products of quantized weight rows with 8-bit
-//! activations, for up to [`MAX_TOKENS`] activation rows at once so that a
+//! activations, for up to [`MAX_TOKENS`](crate::qdot::MAX_TOKENS) activation rows at once so that a
 //! weight block is unpacked once per group of tokens during prefill.
 //!
 //! The row-major kernels are written once (`row_dots!`) and compiled twice:
@@ -15,7 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::qdot::{MAX_TOKENS, Q8Block, Q8KBlock, RowDots, Rows8Dots, scales_mins_k4};
+use crate::qdot::{
+    Q8Block, Q8KBlock, RowDots, Rows8Dots, check_row_shapes as check, scales_mins_k4,
+};
 use crate::repack::Rows8Format;
 
 #[inline(always)]
@@ -25,16 +27,6 @@ unsafe fn f16_at(p: *const u8) -> f32 {
         let bits = (p as *const u16).read_unaligned();
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
-}
-
-/// Checks the shapes every kernel relies on before it reads raw pointers.
-fn check<B>(w: &[u8], block_bytes: usize, acts: &[B], out: &[f32]) -> usize {
-    let nt = out.len();
-    assert!((1..=MAX_TOKENS).contains(&nt), "{nt} activation rows");
-    let blocks = acts.len() / nt;
-    assert_eq!(acts.len(), blocks * nt, "activation rows of unequal length");
-    assert_eq!(w.len(), blocks * block_bytes, "weight row length");
-    blocks
 }
 
 /// Kernels for the 32-value formats. `load` gives the block's

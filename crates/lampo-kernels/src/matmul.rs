@@ -151,7 +151,7 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
                         let k = kernels
                             .rows8
                             .expect("interleaved weights without their kernels");
-                        match (k.q8(w.dtype), k.q8k(w.dtype)) {
+                        match (k.dots.q8(w.dtype), k.dots.q8k(w.dtype)) {
                             (Some(k), _) => integer_rows8(w, &q8, k, n, rows, *out),
                             (_, Some(k)) => integer_rows8(w, &q8k, k, n, rows, *out),
                             _ => unreachable!("interleaved weights of a format without kernels"),
@@ -160,11 +160,13 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
                     (false, Layout::Rows8) => {
                         panic!("interleaved weights need 8-bit activations")
                     }
-                    (true, Layout::Rows) => match (kernels.q8(w.dtype), kernels.q8k(w.dtype)) {
-                        (Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
-                        (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
-                        _ => unreachable!("a format with 8-bit activations has a kernel"),
-                    },
+                    (true, Layout::Rows) => {
+                        match (kernels.rows.q8(w.dtype), kernels.rows.q8k(w.dtype)) {
+                            (Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
+                            (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
+                            _ => unreachable!("a format with 8-bit activations has a kernel"),
+                        }
+                    }
                     (false, Layout::Rows) => float_rows(w, x, rows, *out),
                 }
             }

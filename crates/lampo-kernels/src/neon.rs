@@ -10,7 +10,7 @@
 use std::arch::aarch64::*;
 
 use crate::qdot::{
-    MAX_TOKENS, Q8Block, Q8KBlock, RowDots, check_row_shapes as check, scales_mins_k4,
+    FormatDots, MAX_TOKENS, Q8Block, Q8KBlock, RowDots, check_row_shapes as check, scales_mins_k4,
 };
 
 /// `acc` plus the sums of products of 16 signed bytes, four per lane.
@@ -274,14 +274,16 @@ fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
 pub fn row_dots() -> Option<RowDots> {
     Some(RowDots {
         isa: "neon",
-        q4_0,
-        q4_1,
-        q5_0,
-        q5_1,
-        q8_0,
-        q4_k,
-        q5_k,
-        q6_k,
+        rows: FormatDots {
+            q4_0,
+            q4_1,
+            q5_0,
+            q5_1,
+            q8_0,
+            q4_k,
+            q5_k,
+            q6_k,
+        },
         rows8: None,
         quantize_q8,
         quantize_q8k,

@@ -186,38 +186,9 @@ pub type Q8RowDot = fn(w: &[u8], acts: &[Q8Block], out: &mut [f32]);
 /// As [`Q8RowDot`], for the k-quant formats.
 pub type Q8KRowDot = fn(w: &[u8], acts: &[Q8KBlock], out: &mut [f32]);
 
-/// One instruction set's kernels for every quantized format.
+/// One kernel per quantized format.
 #[derive(Clone, Copy)]
-pub struct RowDots {
-    pub isa: &'static str,
-    pub q4_0: Q8RowDot,
-    pub q4_1: Q8RowDot,
-    pub q5_0: Q8RowDot,
-    pub q5_1: Q8RowDot,
-    pub q8_0: Q8RowDot,
-    pub q4_k: Q8KRowDot,
-    pub q5_k: Q8KRowDot,
-    pub q6_k: Q8KRowDot,
-    /// Kernels for weights interleaved eight rows at a time
-    /// ([`crate::repack`]); `out` then holds eight values per activation row.
-    pub rows8: Option<Rows8Dots>,
-    pub quantize_q8: fn(&[f32], &mut [Q8Block]),
-    pub quantize_q8k: fn(&[f32], &mut [Q8KBlock]),
-}
-
-fn quantize_q8_portable(x: &[f32], out: &mut [Q8Block]) {
-    quantize_q8_generic(x, out)
-}
-
-fn quantize_q8k_portable(x: &[f32], out: &mut [Q8KBlock]) {
-    quantize_q8k_generic(x, out)
-}
-
-/// Kernels for the interleaved layout ([`crate::repack`]).
-#[derive(Clone, Copy)]
-pub struct Rows8Dots {
-    /// Bytes of each row side by side in one vector: the layout to build.
-    pub unit: usize,
+pub struct FormatDots {
     pub q4_0: Q8RowDot,
     pub q4_1: Q8RowDot,
     pub q5_0: Q8RowDot,
@@ -228,7 +199,7 @@ pub struct Rows8Dots {
     pub q6_k: Q8KRowDot,
 }
 
-impl Rows8Dots {
+impl FormatDots {
     pub fn q8(&self, ty: DType) -> Option<Q8RowDot> {
         Some(match ty {
             DType::Q4_0 => self.q4_0,
@@ -249,10 +220,39 @@ impl Rows8Dots {
         })
     }
 
-    /// Whether weights of `ty` have an interleaved kernel.
+    /// Whether weights of `ty` have a kernel here.
     pub fn supports(&self, ty: DType) -> bool {
         self.q8(ty).is_some() || self.q8k(ty).is_some()
     }
+}
+
+/// One instruction set's kernels for every quantized format.
+#[derive(Clone, Copy)]
+pub struct RowDots {
+    pub isa: &'static str,
+    /// Kernels for row-major weights, as in GGUF.
+    pub rows: FormatDots,
+    /// Kernels for weights interleaved eight rows at a time
+    /// ([`crate::repack`]); `out` then holds eight values per activation row.
+    pub rows8: Option<Rows8Dots>,
+    pub quantize_q8: fn(&[f32], &mut [Q8Block]),
+    pub quantize_q8k: fn(&[f32], &mut [Q8KBlock]),
+}
+
+fn quantize_q8_portable(x: &[f32], out: &mut [Q8Block]) {
+    quantize_q8_generic(x, out)
+}
+
+fn quantize_q8k_portable(x: &[f32], out: &mut [Q8KBlock]) {
+    quantize_q8k_generic(x, out)
+}
+
+/// Kernels for the interleaved layout ([`crate::repack`]).
+#[derive(Clone, Copy)]
+pub struct Rows8Dots {
+    /// Bytes of each row side by side in one vector: the layout to build.
+    pub unit: usize,
+    pub dots: FormatDots,
 }
 
 /// Portable kernels: the scalar dot once per activation row.
@@ -278,14 +278,16 @@ portable_rows!(q6_k_rows, dot_q6_k, Q8KBlock);
 impl RowDots {
     pub const PORTABLE: RowDots = RowDots {
         isa: "portable",
-        q4_0: q4_0_rows,
-        q4_1: q4_1_rows,
-        q5_0: q5_0_rows,
-        q5_1: q5_1_rows,
-        q8_0: q8_0_rows,
-        q4_k: q4_k_rows,
-        q5_k: q5_k_rows,
-        q6_k: q6_k_rows,
+        rows: FormatDots {
+            q4_0: q4_0_rows,
+            q4_1: q4_1_rows,
+            q5_0: q5_0_rows,
+            q5_1: q5_1_rows,
+            q8_0: q8_0_rows,
+            q4_k: q4_k_rows,
+            q5_k: q5_k_rows,
+            q6_k: q6_k_rows,
+        },
         rows8: None,
         quantize_q8: quantize_q8_portable,
         quantize_q8k: quantize_q8k_portable,
@@ -313,26 +315,6 @@ impl RowDots {
             } else {
                 RowDots::available()[0]
             }
-        })
-    }
-
-    pub fn q8(&self, ty: DType) -> Option<Q8RowDot> {
-        Some(match ty {
-            DType::Q4_0 => self.q4_0,
-            DType::Q4_1 => self.q4_1,
-            DType::Q5_0 => self.q5_0,
-            DType::Q5_1 => self.q5_1,
-            DType::Q8_0 => self.q8_0,
-            _ => return None,
-        })
-    }
-
-    pub fn q8k(&self, ty: DType) -> Option<Q8KRowDot> {
-        Some(match ty {
-            DType::Q4_K => self.q4_k,
-            DType::Q5_K => self.q5_k,
-            DType::Q6_K => self.q6_k,
-            _ => return None,
         })
     }
 }
@@ -564,8 +546,8 @@ mod tests {
 
     fn run(set: &RowDots, ty: DType, w: &[u8], acts: &Acts, out: &mut [f32]) {
         match acts {
-            Acts::Q8(a) => set.q8(ty).unwrap()(w, a, out),
-            Acts::Q8K(a) => set.q8k(ty).unwrap()(w, a, out),
+            Acts::Q8(a) => set.rows.q8(ty).unwrap()(w, a, out),
+            Acts::Q8K(a) => set.rows.q8k(ty).unwrap()(w, a, out),
         }
     }
 

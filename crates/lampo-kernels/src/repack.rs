@@ -426,12 +426,12 @@ mod tests {
                                     .map(|(a, b)| (a * b).abs())
                                     .sum()
                             };
-                            if let Some(k) = r8.q8(ty) {
+                            if let Some(k) = r8.dots.q8(ty) {
                                 let a = quantize_q8(&x);
                                 k(wg, &a, &mut got);
                                 for i in 0..8 {
                                     let mut res = vec![0f32; nt];
-                                    (RowDots::PORTABLE.q8(ty).unwrap())(
+                                    (RowDots::PORTABLE.rows.q8(ty).unwrap())(
                                         w.row(8 * g + i),
                                         &a,
                                         &mut res,
@@ -442,10 +442,10 @@ mod tests {
                                 }
                             } else {
                                 let a = quantize_q8k(&x);
-                                r8.q8k(ty).unwrap()(wg, &a, &mut got);
+                                r8.dots.q8k(ty).unwrap()(wg, &a, &mut got);
                                 for i in 0..8 {
                                     let mut res = vec![0f32; nt];
-                                    (RowDots::PORTABLE.q8k(ty).unwrap())(
+                                    (RowDots::PORTABLE.rows.q8k(ty).unwrap())(
                                         w.row(8 * g + i),
                                         &a,
                                         &mut res,

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use crate::qdot::{
-    Q8Block, Q8KBlock, RowDots, Rows8Dots, check_row_shapes as check, scales_mins_k4,
+    FormatDots, Q8Block, Q8KBlock, RowDots, Rows8Dots, check_row_shapes as check, scales_mins_k4,
 };
 use crate::repack::Rows8Format;
 
@@ -401,14 +401,16 @@ macro_rules! rows8_ymm {
     fn rows8_dots() -> Rows8Dots {
         Rows8Dots {
             unit: 4,
-            q4_0: rows8_q4_0,
-            q4_1: rows8_q4_1,
-            q5_0: rows8_q5_0,
-            q5_1: rows8_q5_1,
-            q8_0: rows8_q8_0,
-            q4_k: rows8_q4_k,
-            q5_k: rows8_q5_k,
-            q6_k: rows8_q6_k,
+            dots: FormatDots {
+                q4_0: rows8_q4_0,
+                q4_1: rows8_q4_1,
+                q5_0: rows8_q5_0,
+                q5_1: rows8_q5_1,
+                q8_0: rows8_q8_0,
+                q4_k: rows8_q4_k,
+                q5_k: rows8_q5_k,
+                q6_k: rows8_q6_k,
+            },
         }
     }
 
@@ -655,14 +657,16 @@ macro_rules! row_dots {
                 }
                 Some(RowDots {
                     isa: $isa,
-                    q4_0,
-                    q4_1,
-                    q5_0,
-                    q5_1,
-                    q8_0,
-                    q4_k,
-                    q5_k,
-                    q6_k,
+                    rows: FormatDots {
+                        q4_0,
+                        q4_1,
+                        q5_0,
+                        q5_1,
+                        q8_0,
+                        q4_k,
+                        q5_k,
+                        q6_k,
+                    },
                     rows8: Some(rows8_dots()),
                     quantize_q8,
                     quantize_q8k,
@@ -1104,14 +1108,16 @@ pub mod zmm {
     pub fn rows8_dots() -> Rows8Dots {
         Rows8Dots {
             unit: 8,
-            q4_0: rows8_q4_0,
-            q4_1: rows8_q4_1,
-            q5_0: rows8_q5_0,
-            q5_1: rows8_q5_1,
-            q8_0: rows8_q8_0,
-            q4_k: rows8_q4_k,
-            q5_k: rows8_q5_k,
-            q6_k: rows8_q6_k,
+            dots: FormatDots {
+                q4_0: rows8_q4_0,
+                q4_1: rows8_q4_1,
+                q5_0: rows8_q5_0,
+                q5_1: rows8_q5_1,
+                q8_0: rows8_q8_0,
+                q4_k: rows8_q4_k,
+                q5_k: rows8_q5_k,
+                q6_k: rows8_q6_k,
+            },
         }
     }
 }

@@ -583,7 +583,10 @@ fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weigh
 /// format, and lets the kernel drop the mapped original from memory (it
 /// stays in the page cache for the f32-activation path).
 fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
-    let Some(kernels) = RowDots::detected().rows8.filter(|k| k.supports(w.dtype)) else {
+    let Some(kernels) = RowDots::detected()
+        .rows8
+        .filter(|k| k.dots.supports(w.dtype))
+    else {
         return w;
     };
     let original = WeightRef {

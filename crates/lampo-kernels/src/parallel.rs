@@ -322,6 +322,19 @@ pub fn for_each_range(
 struct SharedMut<T>(*mut T);
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
+impl<T> SharedMut<T> {
+    /// Piece `i` of `chunk` values of the `len`-long buffer (the last one
+    /// may be shorter).
+    ///
+    /// # Safety
+    /// `i * chunk < len`, and no other live reference covers the piece.
+    unsafe fn piece<'a>(&self, i: usize, chunk: usize, len: usize) -> &'a mut [T] {
+        let end = ((i + 1) * chunk).min(len);
+        // SAFETY: in bounds and exclusive, as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * chunk), end - i * chunk) }
+    }
+}
+
 /// Splits `out` into `chunk`-long pieces and runs `f(index, piece)` on each,
 /// the pieces spread across threads in contiguous runs; the last piece may
 /// be shorter.
@@ -337,12 +350,8 @@ pub fn for_each_chunk_mut<T: Send>(
     for_each_range(pieces, 1, 1, |range| {
         let ptr = &ptr;
         for i in range {
-            let end = ((i + 1) * chunk).min(len);
-            // SAFETY: each piece index goes to exactly one thread, so the
-            // slices are disjoint, and all lie inside `out`.
-            let piece =
-                unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
-            f(i, piece);
+            // SAFETY: each piece index goes to exactly one thread.
+            f(i, unsafe { ptr.piece(i, chunk, len) });
         }
     });
 }
@@ -362,12 +371,8 @@ pub fn for_each_chunk_mut_interleaved<T: Send>(
     run_on_threads(pieces, |t, threads| {
         let ptr = &ptr;
         for i in (t..pieces).step_by(threads) {
-            let end = ((i + 1) * chunk).min(len);
-            // SAFETY: piece `i` goes to thread `i % threads` only, so the
-            // slices are disjoint, and all lie inside `out`.
-            let piece =
-                unsafe { std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), end - i * chunk) };
-            f(i, piece);
+            // SAFETY: piece `i` goes to thread `i % threads` only.
+            f(i, unsafe { ptr.piece(i, chunk, len) });
         }
     });
 }

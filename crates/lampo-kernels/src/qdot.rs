@@ -486,7 +486,8 @@ fn dot_q6_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{dequantize_row, tests::random_row};
+    use crate::quant::dequantize_row;
+    use crate::quant::tests::{QUANTIZED, random_row};
 
     #[test]
     fn q8_blocks_round_trip_within_half_a_step() {
@@ -550,17 +551,6 @@ mod tests {
             Acts::Q8K(a) => set.rows.q8k(ty).unwrap()(w, a, out),
         }
     }
-
-    const QUANTIZED: [DType; 8] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ];
 
     /// Every kernel set's integer dot equals the float dot of the
     /// dequantized weights with the dequantized activations.

@@ -488,6 +488,18 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Every block-quantized format (those with integer dot products).
+    pub(crate) const QUANTIZED: [DType; 8] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
     /// Random blocks whose f16 fields hold small finite values.
     pub(crate) fn random_row(ty: DType, n: usize, seed: u64) -> Vec<u8> {
         let mut row = noise(ty.bytes_for(n as u64).unwrap() as usize, seed);

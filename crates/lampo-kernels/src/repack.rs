@@ -370,7 +370,7 @@ fn interleave_q6_k<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]
 mod tests {
     use super::*;
     use crate::qdot::{RowDots, quantize_q8, quantize_q8k};
-    use crate::quant::tests::random_row;
+    use crate::quant::tests::{QUANTIZED, random_row};
 
     /// Every interleaved kernel gives, for each of eight rows, what the
     /// portable kernel gives on the row-major original, for 1 to 4 tokens,
@@ -382,16 +382,7 @@ mod tests {
             .filter_map(|s| s.rows8.map(|r| (s.isa, r)))
             .collect();
         assert!(!sets.is_empty() || !cfg!(target_arch = "x86_64"));
-        for ty in [
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q8_0,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ] {
+        for ty in QUANTIZED {
             let fmt = Rows8Format::of(ty).unwrap();
             for (rows, blocks) in [(8usize, 1usize), (16, 3), (24, 7)] {
                 let cols = blocks * fmt.block_len();

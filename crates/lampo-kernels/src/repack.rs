@@ -173,12 +173,9 @@ impl Rows8Format {
         }
     }
 
-    /// Values per block.
-    pub const fn block_len(self) -> usize {
-        match self {
-            Rows8Format::Q4_K | Rows8Format::Q5_K | Rows8Format::Q6_K => 256,
-            _ => 32,
-        }
+    /// Values per block, as in the GGUF format.
+    pub fn block_len(self) -> usize {
+        self.dtype().block_len()
     }
 
     /// Whether blocks carry a minimum (an f16 after the scale).

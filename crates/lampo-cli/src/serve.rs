@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lampo_engine::Engine;
+use lampo_engine::{Engine, EngineConfig};
 use lampo_model::LoadedModel;
 use lampo_server::{AppState, router};
 
@@ -36,6 +36,42 @@ pub struct ServeArgs {
     /// Seconds requests in flight may run on after SIGTERM or Ctrl-C
     #[arg(long, default_value_t = 30)]
     grace_period: u64,
+    /// Most requests generating at once (continuous batching)
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most requests waiting for a place; beyond it, 429 with Retry-After
+    #[arg(long, default_value_t = 128)]
+    max_queue: usize,
+    /// KV cache memory for all requests and the prefix cache (e.g. 512MiB, 2GiB)
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    kv_memory: usize,
+    /// Most tokens one step computes: the batch's next tokens, then prompt
+    /// chunks (smaller keeps streams smoother while long prompts arrive)
+    #[arg(long, default_value_t = 256)]
+    step_tokens: usize,
+    /// Seconds a request may take, queueing included (0: no limit)
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+}
+
+/// Bytes from a size such as `512MiB`, `2GiB`, `1.5G` or a plain number.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 512MiB or 2GiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    Ok((number * scale) as usize)
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -51,7 +87,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let state = Arc::new(AppState::new(name.clone(), a.api_key.clone()));
+        let mut state = AppState::new(name.clone(), a.api_key.clone());
+        state.request_timeout =
+            (a.request_timeout > 0).then(|| std::time::Duration::from_secs(a.request_timeout));
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
@@ -62,16 +101,30 @@ pub fn run(a: ServeArgs) -> Result<()> {
             if a.api_key.is_some() { " -H \"Authorization: Bearer $LAMPO_API_KEY\"" } else { "" }
         );
         let loading = state.clone();
-        let (ctx, f32_acts) = (a.ctx, a.model.f32_activations);
+        let f32_acts = a.model.f32_activations;
+        let mut config = EngineConfig {
+            max_batch: a.max_batch,
+            max_queue: a.max_queue,
+            kv_memory: a.kv_memory,
+            step_tokens: a.step_tokens,
+            ..EngineConfig::new(a.ctx)
+        };
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut lm = LoadedModel::load(&path)
                 .with_context(|| format!("cannot load {}", path.display()))?;
             if f32_acts {
                 lm.model.set_activations(lampo_kernels::Activations::F32);
             }
-            let ctx = ctx.min(lm.model.config.n_ctx_train.max(1));
-            let _ = loading.engine.set(Engine::start(Arc::new(lm), ctx));
-            println!("lampo: model loaded, ready");
+            config.n_ctx = config.n_ctx.min(lm.model.config.n_ctx_train.max(1));
+            let engine = Engine::start(Arc::new(lm), config.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
+            let _ = loading.engine.set(engine);
+            println!(
+                "lampo: model loaded, ready (batch {}, context {}, {} MiB of KV cache)",
+                config.max_batch,
+                config.n_ctx,
+                config.kv_memory >> 20
+            );
             Ok(())
         });
         let grace = std::time::Duration::from_secs(a.grace_period);
@@ -114,4 +167,19 @@ async fn shutdown() {
         _ = term => {}
     }
     println!("lampo: shutting down, finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
 }

@@ -1,19 +1,18 @@
 //! The engine's request interface: callers submit a tokenized prompt with
-//! its parameters and receive text events; a worker thread owns the model
-//! and runs requests one after another. The scheduler (continuous
-//! batching, paged KV cache) will replace the worker behind this same
-//! interface.
+//! its parameters and receive text events. A worker thread owns the model
+//! and runs every admitted request together, step by step (see
+//! [`crate::scheduler`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use lampo_model::LoadedModel;
+use lampo_model::{KvStore, LoadedModel};
 
-use std::collections::VecDeque;
-
-use crate::generate::{FinishReason, GenerateParams, Session, TokenLogprob};
+use crate::generate::{GenerateParams, TokenLogprob};
+use crate::scheduler;
 
 /// One generation request.
 pub struct Request {
@@ -21,6 +20,9 @@ pub struct Request {
     pub params: GenerateParams,
     /// Strings that end generation; never part of the output.
     pub stop: Vec<String>,
+    /// How long the request may take from submission to its end, waiting
+    /// included (`None`: no limit).
+    pub timeout: Option<Duration>,
 }
 
 /// What a request produces, in order: `Started` when the engine takes it
@@ -37,20 +39,35 @@ pub enum Event {
     Done(Done),
 }
 
-/// How busy the engine is, for metrics and load balancers.
+/// How busy the engine is and what it has done, for metrics and load balancers.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Load {
     pub waiting: usize,
     pub running: usize,
-    /// Share of the KV cache holding tokens (0 to 1).
+    /// Share of the KV cache's blocks in use by requests (0 to 1); blocks
+    /// that only keep a prefix for later reuse do not count.
     pub kv_usage: f64,
+    /// Prompt positions computed (prefill, including recomputation after
+    /// preemption), since the start.
+    pub prefill_tokens: u64,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    /// Requests set back to waiting to free KV memory.
+    pub preemptions: u64,
 }
 
+/// Shared between the handle and the worker: the worker writes, metrics read.
 #[derive(Default)]
-struct Counters {
-    waiting: AtomicUsize,
-    running: AtomicUsize,
-    kv_tokens: AtomicUsize,
+pub(crate) struct Counters {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub blocks_in_use: AtomicUsize,
+    pub blocks_total: AtomicUsize,
+    pub prefill_tokens: AtomicU64,
+    pub prefix_queries: AtomicU64,
+    pub prefix_hits: AtomicU64,
+    pub preemptions: AtomicU64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,80 +86,145 @@ pub enum Finish {
     Length,
     /// The receiver went away (the client disconnected).
     Cancelled,
+    /// The request's timeout passed.
+    TimedOut,
     /// The model failed on this request (the engine keeps serving).
     Error(String),
 }
 
-/// Receives a request's events; returning `false` cancels the request.
-pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+/// Receives a request's events.
+pub trait Sink: Send {
+    /// Delivers an event; `false` means the receiver is gone (the request
+    /// is cancelled).
+    fn send(&mut self, event: Event) -> bool;
 
-struct Job {
-    request: Request,
-    sink: Sink,
+    /// Whether the receiver is gone, asked before every step so that a
+    /// request stops even while it has nothing to say (a long prefill).
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
-/// A handle to the engine's worker; dropping the last one stops it after
-/// the requests already submitted.
+impl<F: FnMut(Event) -> bool + Send> Sink for F {
+    fn send(&mut self, event: Event) -> bool {
+        self(event)
+    }
+}
+
+/// Why `submit` refused a request; its sink was not called.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("the engine's queue is full ({0} requests waiting)")]
+    QueueFull(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How the engine divides its work and memory.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most positions (prompt and output) of one request.
+    pub n_ctx: usize,
+    /// Most requests generating at once.
+    pub max_batch: usize,
+    /// Most tokens one step computes: every running request's next token,
+    /// then prompt chunks up to this budget, so a long prompt cannot stall
+    /// the streams already running.
+    pub step_tokens: usize,
+    /// Bytes of KV cache for all requests and the prefix cache together.
+    pub kv_memory: usize,
+    /// Most requests waiting for a place; more are refused.
+    pub max_queue: usize,
+    /// Positions per KV block: the unit of allocation and of prefix reuse.
+    pub block_size: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for a context of `n_ctx` tokens.
+    pub fn new(n_ctx: usize) -> EngineConfig {
+        EngineConfig {
+            n_ctx,
+            max_batch: 8,
+            step_tokens: 256,
+            kv_memory: 1 << 30,
+            max_queue: 128,
+            block_size: 16,
+        }
+    }
+
+    /// KV blocks the memory budget buys for `model`, or why the settings
+    /// cannot work.
+    pub fn kv_blocks(&self, lm: &LoadedModel) -> Result<usize, String> {
+        if !self.block_size.is_power_of_two() {
+            return Err(format!(
+                "the KV block size must be a power of two, not {}",
+                self.block_size
+            ));
+        }
+        if self.max_batch == 0 || self.n_ctx < 2 {
+            return Err("the batch and the context must hold at least one request".into());
+        }
+        if self.step_tokens < self.max_batch {
+            return Err(format!(
+                "a step of {} tokens cannot advance a batch of {} requests",
+                self.step_tokens, self.max_batch
+            ));
+        }
+        let per_block = KvStore::block_bytes(&lm.model.config, self.block_size);
+        let blocks = self.kv_memory / per_block;
+        // One request at full context must fit, with its next token.
+        let needed = (self.n_ctx + 1).div_ceil(self.block_size);
+        if blocks < needed {
+            return Err(format!(
+                "{} MiB of KV memory holds {} positions, less than one {}-token context ({} MiB); \
+                 raise the KV memory or lower the context",
+                self.kv_memory >> 20,
+                blocks * self.block_size,
+                self.n_ctx,
+                (needed * per_block).div_ceil(1 << 20)
+            ));
+        }
+        Ok(blocks)
+    }
+}
+
+pub(crate) struct Job {
+    pub request: Request,
+    pub sink: Box<dyn Sink>,
+    pub deadline: Option<Instant>,
+}
+
+/// A handle to the engine's worker; dropping it stops the worker once
+/// the requests already submitted are done.
 pub struct Engine {
     model: Arc<LoadedModel>,
-    n_ctx: usize,
-    jobs: Option<mpsc::Sender<Box<Job>>>,
+    config: EngineConfig,
+    jobs: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
 }
 
 impl Engine {
-    /// Starts a worker serving `model` with a context of `n_ctx` tokens.
-    pub fn start(model: Arc<LoadedModel>, n_ctx: usize) -> Engine {
-        let (tx, rx) = mpsc::channel::<Box<Job>>();
-        let lm = model.clone();
+    /// Starts a worker serving `model`, or says why `config` cannot work.
+    pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Result<Engine, String> {
+        let n_blocks = config.kv_blocks(&model)?;
+        let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
-        let c = counters.clone();
+        counters.blocks_total.store(n_blocks, Ordering::Relaxed);
+        let (lm, cfg, c) = (model.clone(), config.clone(), counters.clone());
         let worker = std::thread::Builder::new()
             .name("lampo-engine".into())
-            .spawn(move || {
-                let mut session = Session::new(&lm, n_ctx);
-                for job in rx {
-                    c.waiting.fetch_sub(1, Ordering::Relaxed);
-                    c.running.fetch_add(1, Ordering::Relaxed);
-                    let Job { request, mut sink } = *job;
-                    if sink(Event::Started) {
-                        // A request that panics fails alone: its sink hears
-                        // why, the session starts afresh, the worker goes on.
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                run(&mut session, &request, &mut sink)
-                            }));
-                        if let Err(panic) = outcome {
-                            let why = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "a panic".into());
-                            session = Session::new(&lm, n_ctx);
-                            sink(Event::Done(Done {
-                                finish: Finish::Error(format!("the engine failed: {why}")),
-                                prompt_tokens: request.prompt.len(),
-                                completion_tokens: 0,
-                            }));
-                        }
-                    }
-                    c.kv_tokens
-                        .store(session.cached_tokens(), Ordering::Relaxed);
-                    c.running.fetch_sub(1, Ordering::Relaxed);
-                    // Dropped last: a caller that waits for its channel to
-                    // close sees the counters already settled.
-                    drop(sink);
-                }
-            })
-            .expect("spawning the engine thread");
-        Engine {
+            .spawn(move || scheduler::run(&lm, &cfg, n_blocks, rx, &c))
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        Ok(Engine {
             model,
-            n_ctx,
+            config,
             jobs: Some(tx),
             worker: Some(worker),
             counters,
-        }
+        })
     }
 
     pub fn model(&self) -> &LoadedModel {
@@ -150,31 +232,64 @@ impl Engine {
     }
 
     pub fn context_size(&self) -> usize {
-        self.n_ctx
+        self.config.n_ctx
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn load(&self) -> Load {
         let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Load {
             waiting: c.waiting.load(Ordering::Relaxed),
             running: c.running.load(Ordering::Relaxed),
-            kv_usage: c.kv_tokens.load(Ordering::Relaxed) as f64 / self.n_ctx.max(1) as f64,
+            kv_usage: c.blocks_in_use.load(Ordering::Relaxed) as f64
+                / c.blocks_total.load(Ordering::Relaxed).max(1) as f64,
+            prefill_tokens: get(&c.prefill_tokens),
+            prefix_queries: get(&c.prefix_queries),
+            prefix_hits: get(&c.prefix_hits),
+            preemptions: get(&c.preemptions),
         }
     }
 
-    /// Queues a request; its events go to `sink`.
-    pub fn submit(&self, request: Request, sink: Sink) {
-        let job = Box::new(Job { request, sink });
-        let Some(jobs) = &self.jobs else { return };
-        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(mut job)) = jobs.send(job) {
-            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-            (job.sink)(Event::Done(Done {
-                finish: Finish::Error("the engine has stopped".into()),
-                prompt_tokens: job.request.prompt.len(),
-                completion_tokens: 0,
-            }));
+    /// Queues a request; its events go to `sink`. Refuses, without calling
+    /// the sink, a request that cannot run or that finds the queue full.
+    pub fn submit(&self, request: Request, sink: impl Sink + 'static) -> Result<(), Rejected> {
+        let n_ctx = self.config.n_ctx;
+        let n_vocab = self.model.model.config.n_vocab;
+        if request.prompt.is_empty() {
+            return Err(Rejected::Invalid("the prompt is empty".into()));
         }
+        if request.prompt.len() >= n_ctx {
+            return Err(Rejected::Invalid(format!(
+                "the prompt has {} tokens; the context holds {n_ctx} with room to generate",
+                request.prompt.len()
+            )));
+        }
+        if let Some(&bad) = request.prompt.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Rejected::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {n_vocab}"
+            )));
+        }
+        let jobs = self.jobs.as_ref().ok_or(Rejected::Stopped)?;
+        let waiting = &self.counters.waiting;
+        let queued = waiting.fetch_add(1, Ordering::Relaxed);
+        if queued >= self.config.max_queue {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Rejected::QueueFull(queued));
+        }
+        let deadline = request.timeout.map(|t| Instant::now() + t);
+        let job = Job {
+            request,
+            sink: Box::new(sink),
+            deadline,
+        };
+        jobs.send(job).map_err(|_| {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            Rejected::Stopped
+        })
     }
 }
 
@@ -184,77 +299,6 @@ impl Drop for Engine {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
-    }
-}
-
-fn run(session: &mut Session, request: &Request, sink: &mut Sink) {
-    let mut stops = StopMatcher::new(&request.stop);
-    let mut open = true;
-    let mut hit_stop = false;
-    // Log-probabilities wait until the text of their token is emitted;
-    // each is keyed by the byte offset where its token's text begins.
-    let mut pending: VecDeque<(usize, TokenLogprob)> = VecDeque::new();
-    let (mut generated, mut emitted) = (0usize, 0usize);
-    let release = |upto: usize, pending: &mut VecDeque<(usize, TokenLogprob)>| {
-        let mut out = Vec::new();
-        while pending.front().is_some_and(|(at, _)| *at < upto) {
-            out.push(pending.pop_front().expect("checked").1);
-        }
-        out
-    };
-    let result = session.generate_tokens(&request.prompt, &request.params, |text, lp| {
-        if let Some(lp) = lp {
-            pending.push_back((generated, lp));
-        }
-        generated += text.len();
-        let (emit, hit) = stops.push(text);
-        if !emit.is_empty() {
-            emitted += emit.len();
-            let logprobs = release(emitted, &mut pending);
-            if !sink(Event::Text {
-                text: emit,
-                logprobs,
-            }) {
-                open = false;
-                return false;
-            }
-        }
-        hit_stop = hit;
-        !hit
-    });
-    let done = match result {
-        Ok(g) => {
-            let finish = match g.finish {
-                _ if !open => Finish::Cancelled,
-                _ if hit_stop => Finish::Stop,
-                FinishReason::Stop => Finish::Stop,
-                FinishReason::Length => Finish::Length,
-                FinishReason::Cancelled => Finish::Cancelled,
-            };
-            if open && !hit_stop {
-                let rest = stops.finish();
-                let logprobs = release(usize::MAX, &mut pending);
-                if !rest.is_empty() || !logprobs.is_empty() {
-                    open = sink(Event::Text {
-                        text: rest,
-                        logprobs,
-                    });
-                }
-            }
-            Done {
-                finish,
-                prompt_tokens: request.prompt.len(),
-                completion_tokens: g.tokens.len(),
-            }
-        }
-        Err(e) => Done {
-            finish: Finish::Error(e.to_string()),
-            prompt_tokens: request.prompt.len(),
-            completion_tokens: 0,
-        },
-    };
-    if open {
-        sink(Event::Done(done));
     }
 }
 

@@ -26,7 +26,7 @@ pub struct TokenLogprob {
 }
 
 /// Log-probability of `token` and the `k` most likely tokens, from logits.
-fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+pub(crate) fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max
         + logits

@@ -2,12 +2,16 @@
 //! with streamed output and stop strings, the request interface servers
 //! use, and perplexity evaluation. No HTTP here.
 
+mod blocks;
 pub mod engine;
 pub mod generate;
 pub mod perplexity;
 pub mod sampling;
+mod scheduler;
 
-pub use engine::{Done, Engine, Event, Finish, Load, Request, Sink, StopMatcher};
+pub use engine::{
+    Done, Engine, EngineConfig, Event, Finish, Load, Rejected, Request, Sink, StopMatcher,
+};
 pub use generate::{FinishReason, GenerateParams, Generation, Session, TokenLogprob};
 pub use perplexity::{PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingParams};

@@ -13,7 +13,7 @@ use std::path::Path;
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use gguf::{Gguf, GgufError, GgufFile};
-pub use model::{KvCache, Logits, Model, Sequence};
+pub use model::{KvCache, KvStore, Logits, Model, Sequence};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]

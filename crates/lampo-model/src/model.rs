@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 
 use lampo_kernels::ops::{Rope, gelu_mul, rms_norm, rms_norm_in_place, silu_mul, softmax};
 use lampo_kernels::parallel::{for_each_chunk_mut, for_each_chunk_mut_interleaved};
@@ -66,23 +67,89 @@ pub struct Model {
     activations: Activations,
 }
 
-/// The keys and values of one sequence's past positions, per layer, stored
-/// as f16: half the memory of f32, and the precision GGML's default cache has.
-pub struct KvCache {
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+/// Keys and values of past positions for any number of sequences, per
+/// layer, in blocks of `block_size` positions, stored as f16: half the
+/// memory of f32, and the precision GGML's default cache has. A sequence
+/// names its blocks in order (its block table); which block belongs to
+/// whom is the caller's business, so blocks can be shared between
+/// sequences with a common prefix.
+pub struct KvStore {
+    block_size: usize,
     kv_dim: usize,
+    n_blocks: usize,
+    /// Per layer, `n_blocks * block_size * kv_dim` f16 bit patterns. Zeroed
+    /// allocation: pages cost memory only once a block is written.
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
+}
+
+impl KvStore {
+    /// A store of `n_blocks` blocks of `block_size` positions (a power of two).
+    pub fn new(config: &Config, block_size: usize, n_blocks: usize) -> KvStore {
+        assert!(block_size.is_power_of_two(), "block size {block_size}");
+        let mut store = KvStore {
+            block_size,
+            kv_dim: config.kv_dim(),
+            n_blocks: 0,
+            k: vec![Vec::new(); config.n_layer],
+            v: vec![Vec::new(); config.n_layer],
+        };
+        store.grow(n_blocks);
+        store
+    }
+
+    /// Bytes one block takes (keys and values of every layer).
+    pub fn block_bytes(config: &Config, block_size: usize) -> usize {
+        2 * config.n_layer * block_size * config.kv_dim() * 2
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Adds blocks up to `n_blocks` in all.
+    fn grow(&mut self, n_blocks: usize) {
+        if n_blocks <= self.n_blocks {
+            return;
+        }
+        let len = n_blocks * self.block_size * self.kv_dim;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.resize(len, 0);
+        }
+        self.n_blocks = n_blocks;
+    }
+
+    /// Where position `pos` of a sequence with block table `blocks` lives,
+    /// in positions from the start of a layer's buffer.
+    fn slot(&self, blocks: &[u32], pos: usize) -> usize {
+        let bs = self.block_size;
+        blocks[pos / bs] as usize * bs + pos % bs
+    }
+}
+
+/// One sequence's cache in a store of its own, for callers that run a
+/// single sequence (the CLI, evaluation, benchmarks): blocks are added as
+/// it fills, up to `capacity` positions.
+pub struct KvCache {
+    store: KvStore,
+    blocks: Vec<u32>,
     len: usize,
     capacity: usize,
 }
+
+/// Block size of a single-sequence cache.
+const OWN_BLOCK: usize = 64;
 
 impl KvCache {
     /// A cache for up to `capacity` positions; memory grows as it fills.
     pub fn new(config: &Config, capacity: usize) -> KvCache {
         KvCache {
-            k: vec![Vec::new(); config.n_layer],
-            v: vec![Vec::new(); config.n_layer],
-            kv_dim: config.kv_dim(),
+            store: KvStore::new(config, OWN_BLOCK, 0),
+            blocks: Vec::new(),
             len: 0,
             capacity,
         }
@@ -104,23 +171,25 @@ impl KvCache {
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            buf.truncate(self.len * self.kv_dim);
-        }
     }
 }
 
-/// One sequence's part of a batched forward pass: new tokens, its cache,
-/// and which of its positions need logits.
+/// One sequence's part of a batched forward pass over a [`KvStore`]: new
+/// tokens, the block table they extend, and which positions need logits.
 pub struct Sequence<'a> {
     pub tokens: &'a [u32],
-    pub kv: &'a mut KvCache,
+    /// Blocks holding positions `0..past` and room for the new tokens.
+    pub blocks: &'a [u32],
+    /// Positions already in the cache; the new tokens follow them.
+    pub past: usize,
     pub logits: Logits,
 }
 
 /// Which positions of a forward pass need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// None: a chunk of a prompt whose end comes in a later pass.
+    None,
     /// Only the last position (generation).
     Last,
     /// Every position (perplexity, teacher forcing, speculative verification).
@@ -291,22 +360,52 @@ impl Model {
         kv: &mut KvCache,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        let mut out = self.forward_batch(&mut [Sequence { tokens, kv, logits }])?;
+        let needed = kv.len + tokens.len();
+        if needed > kv.capacity {
+            return Err(ModelError::ContextFull {
+                needed,
+                capacity: kv.capacity,
+            });
+        }
+        let n_blocks = needed.div_ceil(OWN_BLOCK);
+        kv.store.grow(n_blocks);
+        kv.blocks.extend(kv.blocks.len() as u32..n_blocks as u32);
+        let seq = Sequence {
+            tokens,
+            blocks: &kv.blocks,
+            past: kv.len,
+            logits,
+        };
+        let mut out = self.forward_batch(&mut kv.store, &[seq])?;
+        kv.len = needed;
         Ok(out.pop().unwrap_or_default())
     }
 
     /// Runs several sequences in one pass: every matmul takes the tokens of
     /// all of them at once (each weight is read once for the whole batch),
-    /// while RoPE positions, KV caches and attention stay per sequence.
-    /// Returns each sequence's logits as `forward` would.
-    pub fn forward_batch(&self, seqs: &mut [Sequence]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// while RoPE positions, block tables and attention stay per sequence.
+    /// Writes the new keys and values into `store` and returns each
+    /// sequence's logits as `forward` would. Sequences may share blocks
+    /// for their common past, never for the positions they write.
+    pub fn forward_batch(
+        &self,
+        store: &mut KvStore,
+        seqs: &[Sequence],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         for s in seqs.iter() {
-            if s.kv.len + s.tokens.len() > s.kv.capacity {
+            let capacity = s.blocks.len() * store.block_size;
+            if s.past + s.tokens.len() > capacity {
                 return Err(ModelError::ContextFull {
-                    needed: s.kv.len + s.tokens.len(),
-                    capacity: s.kv.capacity,
+                    needed: s.past + s.tokens.len(),
+                    capacity,
                 });
+            }
+            if let Some(&bad) = s.blocks.iter().find(|&&b| b as usize >= store.n_blocks) {
+                return Err(ModelError::Config(format!(
+                    "KV block {bad} is outside the store of {} blocks",
+                    store.n_blocks
+                )));
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
                 return Err(ModelError::BadToken {
@@ -325,7 +424,7 @@ impl Model {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
         let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
-        let pasts: Vec<usize> = seqs.iter().map(|s| s.kv.len).collect();
+        let pasts: Vec<usize> = seqs.iter().map(|s| s.past).collect();
 
         let mut x = vec![0f32; n * d];
         let embd = self.w_rows(&self.token_embd);
@@ -384,26 +483,34 @@ impl Model {
                 k.chunks_exact_mut(hd)
                     .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
             }
-            for (si, s) in seqs.iter_mut().enumerate() {
+            for (si, s) in seqs.iter().enumerate() {
                 let (lo, hi, past) = (starts[si], starts[si + 1], pasts[si]);
                 let rope = match (&tables[si].1, layer.window) {
                     (Some(local), Some(_)) => local,
                     _ => &tables[si].0,
                 };
                 for i in lo..hi {
-                    rope.apply(&mut q[i * qd..(i + 1) * qd], hd, past + i - lo);
-                    rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, past + i - lo);
+                    let pos = past + i - lo;
+                    rope.apply(&mut q[i * qd..(i + 1) * qd], hd, pos);
+                    rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, pos);
+                    let at = store.slot(s.blocks, pos) * kvd;
+                    let (ks, vs) = (&mut store.k[li][at..][..kvd], &mut store.v[li][at..][..kvd]);
+                    for (dst, &x) in ks.iter_mut().zip(&k[i * kvd..(i + 1) * kvd]) {
+                        *dst = f16::from_f32(x).to_bits();
+                    }
+                    for (dst, &x) in vs.iter_mut().zip(&v[i * kvd..(i + 1) * kvd]) {
+                        *dst = f16::from_f32(x).to_bits();
+                    }
                 }
-                s.kv.k[li].extend(k[lo * kvd..hi * kvd].iter().map(|&x| f16::from_f32(x)));
-                s.kv.v[li].extend(v[lo * kvd..hi * kvd].iter().map(|&x| f16::from_f32(x)));
                 // Queries meet keys at f16 precision, as in GGML's f16 attention.
                 for x in q[lo * qd..hi * qd].iter_mut() {
                     *x = f16::from_f32(*x).to_f32();
                 }
                 self.attention(
                     &q[lo * qd..hi * qd],
-                    &s.kv.k[li],
-                    &s.kv.v[li],
+                    store,
+                    li,
+                    s.blocks,
                     past,
                     layer.window,
                     &mut attn[lo * qd..hi * qd],
@@ -445,14 +552,14 @@ impl Model {
 
         // The rows that need logits, all through the output matrix at once.
         let mut picked: Vec<(usize, usize)> = Vec::new();
-        for (si, s) in seqs.iter_mut().enumerate() {
-            s.kv.len = pasts[si] + s.tokens.len();
+        for (si, s) in seqs.iter().enumerate() {
             let (lo, hi) = (starts[si], starts[si + 1]);
             let first = match s.logits {
+                Logits::None => hi,
                 Logits::Last => hi.saturating_sub(1).max(lo),
                 Logits::All => lo,
             };
-            picked.push((first, if lo == hi { first } else { hi }));
+            picked.push((first, hi));
         }
         let rows: usize = picked.iter().map(|(a, b)| b - a).sum();
         let mut normed = vec![0f32; rows * d];
@@ -483,11 +590,13 @@ impl Model {
 
     /// Causal attention of the `n` new queries over the `past + n` positions,
     /// or the last `window` of them.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &[f32],
-        keys: &[f16],
-        values: &[f16],
+        store: &KvStore,
+        layer: usize,
+        blocks: &[u32],
         past: usize,
         window: Option<usize>,
         out: &mut [f32],
@@ -496,6 +605,8 @@ impl Model {
         let (hd, kvd, n_head, n_kv) = (c.head_dim, c.kv_dim(), c.n_head, c.n_head_kv);
         let group = n_head / n_kv;
         let scale = 1.0 / (hd as f32).sqrt();
+        let keys: &[f16] = store.k[layer].reinterpret_cast();
+        let values: &[f16] = store.v[layer].reinterpret_cast();
         // One piece of `out` per (token, KV head): the group of query heads
         // sharing that KV head, so each key and value is widened to f32 once
         // for all of them. Pieces are dealt out round-robin so that each
@@ -510,7 +621,7 @@ impl Model {
             // Scores key by key (`[j][g]`), then softmax per head over `j`.
             let mut scores = vec![0f32; len * group];
             for (j, p) in (first..seen).enumerate() {
-                let key = &keys[p * kvd + kv_off..][..hd];
+                let key = &keys[store.slot(blocks, p) * kvd + kv_off..][..hd];
                 group_dot_f16(queries, key, &mut scores[j * group..(j + 1) * group]);
             }
             let mut probs = vec![0f32; group * len];
@@ -530,7 +641,8 @@ impl Model {
                 for (g, w) in weights.iter_mut().enumerate() {
                     *w = probs[g * len + j];
                 }
-                group_axpy_f16(o, &weights, &values[p * kvd + kv_off..][..hd]);
+                let value = &values[store.slot(blocks, p) * kvd + kv_off..][..hd];
+                group_axpy_f16(o, &weights, value);
             }
         });
     }

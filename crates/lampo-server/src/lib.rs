@@ -7,7 +7,7 @@ pub mod openai;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lampo_engine::TokenLogprob;
 use lampo_engine::{
-    Done, Engine, Event, Finish, GenerateParams, Request as EngineRequest, SamplingParams,
+    Done, Engine, Event, Finish, GenerateParams, Rejected, Request as EngineRequest,
+    SamplingParams, Sink,
 };
 use lampo_model::{Message, Tokenizer};
 use serde::de::DeserializeOwned;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Required bearer token, if any.
     pub api_key: Option<String>,
     pub created: u64,
+    /// Longest a request may take, queueing included (`None`: no limit).
+    pub request_timeout: Option<Duration>,
     /// Turns true when the shutdown grace period is over: requests still
     /// running end now (streams with a final chunk and `[DONE]`).
     cut: tokio::sync::watch::Sender<bool>,
@@ -54,6 +57,7 @@ impl AppState {
             model_name,
             api_key,
             created: now(),
+            request_timeout: None,
             cut: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
         }
@@ -122,7 +127,14 @@ impl IntoResponse for ApiError {
             "param": self.param,
             "code": self.code,
         }});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // The queue drains as requests finish: try again shortly.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -456,20 +468,74 @@ fn engine_request(
             logprobs: plan.logprobs,
         },
         stop: plan.stop.clone(),
+        timeout: state.request_timeout,
     })
 }
 
-/// Runs one request to completion: its text, log-probabilities and end.
+/// Engine events into a channel. Once the receiving end is dropped (the
+/// client left), the engine sees the sink closed and stops the request.
+struct ChannelSink(mpsc::UnboundedSender<Event>);
+
+impl Sink for ChannelSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.0.send(event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// Hands every choice's request to the engine at once (they generate
+/// together); a full queue is a 429.
+fn submit(
+    state: &AppState,
+    requests: Vec<EngineRequest>,
+) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+    let engine = state.engine()?;
+    requests
+        .into_iter()
+        .map(|request| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            engine
+                .submit(request, ChannelSink(tx))
+                .map_err(|e| match e {
+                    Rejected::QueueFull(_) => ApiError {
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        message: format!("{e}; retry shortly"),
+                        param: None,
+                        code: Some("queue_full"),
+                    },
+                    Rejected::Stopped => ApiError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: e.to_string(),
+                        param: None,
+                        code: Some("shutting_down"),
+                    },
+                    Rejected::Invalid(why) => ApiError::bad_request(why, Some("messages")),
+                })?;
+            Ok(rx)
+        })
+        .collect()
+}
+
+/// The error a request that ran out of time gets.
+fn timed_out() -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the request ran past the server's time limit".into(),
+        param: None,
+        code: Some("timeout"),
+    }
+}
+
+/// Waits for one submitted request's text, log-probabilities and end.
 async fn collect(
     state: &AppState,
-    request: EngineRequest,
+    mut rx: mpsc::UnboundedReceiver<Event>,
     arrived: Instant,
 ) -> Result<(String, Vec<TokenLogprob>, Done), ApiError> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
-    state
-        .engine()?
-        .submit(request, Box::new(move |e| tx.send(e).is_ok()));
     let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
         let event = tokio::select! {
@@ -497,13 +563,17 @@ async fn collect(
                 logprobs.extend(l);
             }
             Event::Done(done) => {
-                if let Finish::Error(e) = &done.finish {
-                    return Err(ApiError {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        message: format!("generation failed: {e}"),
-                        param: None,
-                        code: None,
-                    });
+                match &done.finish {
+                    Finish::Error(e) => {
+                        return Err(ApiError {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            message: format!("generation failed: {e}"),
+                            param: None,
+                            code: None,
+                        });
+                    }
+                    Finish::TimedOut => return Err(timed_out()),
+                    _ => {}
                 }
                 return Ok((text, logprobs, done));
             }
@@ -608,7 +678,7 @@ async fn chat_completions(
         .collect::<Result<Vec<_>, _>>()?;
     let (id, created, model) = (random_id("chatcmpl"), now(), state.model_name.clone());
     if plan.stream {
-        return Ok(stream(
+        return stream(
             state,
             requests,
             StreamMeta {
@@ -620,7 +690,7 @@ async fn chat_completions(
                 include_usage: plan.include_usage,
                 arrived,
             },
-        ));
+        );
     }
     let mut choices = Vec::new();
     let mut usage = Usage {
@@ -628,8 +698,8 @@ async fn chat_completions(
         completion_tokens: 0,
         total_tokens: 0,
     };
-    for (index, r) in requests.into_iter().enumerate() {
-        let (content, lps, done) = collect(&state, r, arrived).await?;
+    for (index, rx) in submit(&state, requests)?.into_iter().enumerate() {
+        let (content, lps, done) = collect(&state, rx, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
         choices.push(ChatChoice {
             index,
@@ -704,7 +774,7 @@ async fn completions(
         .collect::<Result<Vec<_>, _>>()?;
     let (id, created, model) = (random_id("cmpl"), now(), state.model_name.clone());
     if plan.stream {
-        return Ok(stream(
+        return stream(
             state,
             requests,
             StreamMeta {
@@ -716,7 +786,7 @@ async fn completions(
                 include_usage: plan.include_usage,
                 arrived,
             },
-        ));
+        );
     }
     let mut choices = Vec::new();
     let mut usage = Usage {
@@ -724,8 +794,8 @@ async fn completions(
         completion_tokens: 0,
         total_tokens: 0,
     };
-    for (index, r) in requests.into_iter().enumerate() {
-        let (text, lps, done) = collect(&state, r, arrived).await?;
+    for (index, rx) in submit(&state, requests)?.into_iter().enumerate() {
+        let (text, lps, done) = collect(&state, rx, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
         let tok = &state.engine()?.model().tokenizer;
         choices.push(CompletionChoice {
@@ -766,7 +836,11 @@ struct StreamMeta {
     arrived: Instant,
 }
 
-fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) -> Response {
+fn stream(
+    state: Arc<AppState>,
+    requests: Vec<EngineRequest>,
+    meta: StreamMeta,
+) -> Result<Response, ApiError> {
     let StreamMeta {
         echo,
         id,
@@ -789,11 +863,15 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
         }
         SseEvent::default().data(c.to_string())
     };
+    let prompt_tokens = requests.first().map_or(0, |r| r.prompt.len());
+    let want_logprobs = requests
+        .first()
+        .is_some_and(|r| r.params.logprobs.is_some());
+    let receivers = submit(&state, requests)?;
     tokio::spawn(async move {
         let send = |e: SseEvent| out.send(Ok(e)).is_ok();
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        for (index, request) in requests.into_iter().enumerate() {
-            prompt_tokens = request.prompt.len();
+        let mut completion_tokens = 0;
+        for (index, mut events) in receivers.into_iter().enumerate() {
             if chat
                 && !send(chunk(
                     json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
@@ -802,10 +880,8 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
             {
                 return;
             }
-            let (tx, mut events) = mpsc::unbounded_channel();
             let Ok(engine) = state.engine() else { return };
             let tok = &engine.model().tokenizer;
-            let want_logprobs = request.params.logprobs.is_some();
             let mut offset = 0;
             if !echo.is_empty()
                 && !send(chunk(
@@ -816,13 +892,15 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
                 return;
             }
             let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
-            engine.submit(request, Box::new(move |e| tx.send(e).is_ok()));
             loop {
                 let event = tokio::select! {
                     e = events.recv() => match e {
                         Some(e) => e,
                         None => break,
                     },
+                    // The client left: dropping the receivers cancels the
+                    // requests in the engine, even mid-prefill.
+                    _ = out.closed() => return,
                     _ = state.cut() => {
                         // The grace period is over: end this stream well-formed.
                         let end = if chat {
@@ -858,8 +936,18 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
                         json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
                     }
                     Event::Done(done) => {
-                        if let Finish::Error(e) = &done.finish {
-                            let err = json!({"error": {"message": format!("generation failed: {e}"), "type": "server_error", "param": null, "code": null}});
+                        let failure = match &done.finish {
+                            Finish::Error(e) => Some(ApiError {
+                                status: StatusCode::INTERNAL_SERVER_ERROR,
+                                message: format!("generation failed: {e}"),
+                                param: None,
+                                code: None,
+                            }),
+                            Finish::TimedOut => Some(timed_out()),
+                            _ => None,
+                        };
+                        if let Some(e) = failure {
+                            let err = json!({"error": {"message": e.message, "type": e.kind(), "param": null, "code": e.code}});
                             let _ = send(SseEvent::default().data(err.to_string()));
                             return;
                         }
@@ -885,7 +973,7 @@ fn stream(state: Arc<AppState>, requests: Vec<EngineRequest>, meta: StreamMeta) 
         }
         let _ = send(SseEvent::default().data("[DONE]"));
     });
-    Sse::new(UnboundedReceiverStream::new(rx)).into_response()
+    Ok(Sse::new(UnboundedReceiverStream::new(rx)).into_response())
 }
 
 /// A token as OpenAI's log-probability entries show it.

@@ -60,6 +60,22 @@ pub fn handle() -> &'static PrometheusHandle {
             "vllm:num_requests_running",
             "Requests the engine is generating for."
         );
+        metrics::describe_counter!(
+            "vllm:prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache."
+        );
+        metrics::describe_counter!(
+            "vllm:prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache (not computed)."
+        );
+        metrics::describe_counter!(
+            "vllm:num_preemptions_total",
+            "Requests set back to waiting to free KV memory."
+        );
+        metrics::describe_counter!(
+            "lampo_prefill_tokens_total",
+            "Prompt positions computed, recomputation included."
+        );
         metrics::describe_gauge!(
             "vllm:kv_cache_usage_perc",
             "Share of the KV cache in use (1 is full)."
@@ -77,6 +93,10 @@ pub fn render(model: &str, load: Option<Load>) -> String {
         gauge!("vllm:num_requests_running", &label).set(load.running as f64);
         gauge!("vllm:kv_cache_usage_perc", &label).set(load.kv_usage);
         gauge!("vllm:gpu_cache_usage_perc", &label).set(load.kv_usage);
+        counter!("vllm:prefix_cache_queries_total", &label).absolute(load.prefix_queries);
+        counter!("vllm:prefix_cache_hits_total", &label).absolute(load.prefix_hits);
+        counter!("vllm:num_preemptions_total", &label).absolute(load.preemptions);
+        counter!("lampo_prefill_tokens_total", &label).absolute(load.prefill_tokens);
     }
     h.render()
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use lampo_engine::Engine;
+use lampo_engine::{Engine, EngineConfig};
 use lampo_model::LoadedModel;
 use lampo_server::{AppState, MAX_BODY_BYTES, router};
 use serde_json::{Value, json};
@@ -31,7 +31,9 @@ fn loaded() -> Arc<LoadedModel> {
 /// A server on a free port; `ctx` tokens of context, an optional API key.
 async fn serve(ctx: usize, api_key: Option<&str>) -> SocketAddr {
     let state = Arc::new(AppState::new(MODEL.into(), api_key.map(String::from)));
-    let _ = state.engine.set(Engine::start(loaded(), ctx));
+    let _ = state
+        .engine
+        .set(Engine::start(loaded(), EngineConfig::new(ctx)).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -446,7 +448,9 @@ async fn ready_is_503_until_the_model_loads_and_tokens_round_trip() {
     assert_eq!(status, 503);
     let (status, _) = post(addr, "/v1/chat/completions", chat("hi", json!({}))).await;
     assert_eq!(status, 503);
-    let _ = state.engine.set(Engine::start(loaded(), 256));
+    let _ = state
+        .engine
+        .set(Engine::start(loaded(), EngineConfig::new(256)).unwrap());
     let (status, _) = http(addr, "GET", "/ready", &[], b"").await;
     assert_eq!(status, 200);
     let (status, t) = post(addr, "/tokenize", json!({"prompt": "Hello, world"})).await;
@@ -700,7 +704,9 @@ fn collect_fields(
 #[tokio::test(flavor = "multi_thread")]
 async fn cutting_requests_at_shutdown_ends_streams_well_formed() {
     let state = Arc::new(AppState::new(MODEL.into(), None));
-    let _ = state.engine.set(Engine::start(loaded(), 2048));
+    let _ = state
+        .engine
+        .set(Engine::start(loaded(), EngineConfig::new(2048)).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn({
@@ -745,4 +751,133 @@ async fn cutting_requests_at_shutdown_ends_streams_well_formed() {
     )
     .await;
     assert_eq!(status, 503);
+}
+
+/// Sends a request on a fresh connection and reads until `until` appears
+/// in the response; the caller drops the stream to disconnect.
+async fn open_request(
+    addr: SocketAddr,
+    path: &str,
+    body: Value,
+    until: &str,
+) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before {until:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// Waits until the engine's load satisfies `cond` (fails after 20 s).
+async fn until_load(state: &AppState, what: &str, cond: impl Fn(&lampo_engine::Load) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let load = state.engine.get().unwrap().load();
+        if cond(&load) {
+            return;
+        }
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "waiting for {what}: {load:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_refused_with_429_and_departed_clients_free_their_place() {
+    let state = Arc::new(AppState::new(MODEL.into(), None));
+    let config = EngineConfig {
+        max_batch: 1,
+        max_queue: 1,
+        ..EngineConfig::new(2048)
+    };
+    let _ = state.engine.set(Engine::start(loaded(), config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let state = state.clone();
+        async move { axum::serve(listener, router(state)).await }
+    });
+    let lm = loaded();
+    let bias: serde_json::Map<String, Value> = (0..lm.model.config.n_vocab as u32)
+        .filter(|&t| lm.tokenizer.is_eog(t))
+        .map(|t| (t.to_string(), json!(-100)))
+        .collect();
+    let endless = |stream: bool| {
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0,
+               "stream": stream, "logit_bias": bias})
+    };
+
+    // A stream takes the only place; a second request waits in the queue.
+    let streaming = open_request(addr, "/v1/completions", endless(true), "data: ").await;
+    let waiting = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}),
+        )
+        .await
+    });
+    until_load(&state, "a queued request", |l| l.waiting == 1).await;
+    // The queue is full: 429 in OpenAI's shape, with Retry-After.
+    let (status, head, body) = http_full(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        json!({"model": MODEL, "prompt": "Hi", "max_tokens": 4})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "queue_full", "{err}");
+
+    // The streaming client leaves: its request stops and the queued one runs.
+    drop(streaming);
+    let (status, done) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{done}");
+    until_load(&state, "an idle engine", |l| {
+        l.running == 0 && l.kv_usage == 0.0
+    })
+    .await;
+
+    // A client of a non-streamed request that leaves stops it too, long
+    // before its 1900 tokens.
+    let mut quiet = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = endless(false).to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    quiet.write_all(head.as_bytes()).await.unwrap();
+    until_load(&state, "the request to run", |l| l.running == 1).await;
+    let before = state.engine.get().unwrap().load().prefill_tokens;
+    drop(quiet);
+    until_load(&state, "the request to stop", |l| {
+        l.running == 0 && l.kv_usage == 0.0
+    })
+    .await;
+    assert_eq!(state.engine.get().unwrap().load().prefill_tokens, before);
 }

@@ -1,0 +1,447 @@
+//! The scheduler under load: batched requests give their solo outputs,
+//! departed clients stop costing compute, overload is refused, a full KV
+//! cache makes requests wait, and shared prefixes are computed once.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use lampo_engine::{
+    Engine, EngineConfig, Event, Finish, GenerateParams, Load, Rejected, Request, SamplingParams,
+    Session, Sink,
+};
+use lampo_model::LoadedModel;
+
+fn params(max_tokens: usize, sampling: SamplingParams) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampling,
+        logprobs: None,
+    }
+}
+
+/// Greedy decoding that never ends on its own: end-of-generation banned.
+fn endless(lm: &LoadedModel) -> SamplingParams {
+    let n_vocab = lm.model.config.n_vocab as u32;
+    SamplingParams {
+        logit_bias: (0..n_vocab)
+            .filter(|&t| lm.tokenizer.is_eog(t))
+            .map(|t| (t, -100.0))
+            .collect(),
+        ..SamplingParams::greedy()
+    }
+}
+
+fn request(prompt: Vec<u32>, params: GenerateParams) -> Request {
+    Request {
+        prompt,
+        params,
+        stop: Vec::new(),
+        timeout: None,
+    }
+}
+
+/// A client: events arrive on a channel; `leave` makes it disconnect.
+struct Client {
+    tx: mpsc::Sender<Event>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Sink for Client {
+    fn send(&mut self, event: Event) -> bool {
+        !self.gone.load(Ordering::Relaxed) && self.tx.send(event).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+}
+
+struct Handle {
+    rx: mpsc::Receiver<Event>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// The text and how the request ended.
+    fn wait(self) -> (String, Option<Finish>) {
+        let mut text = String::new();
+        for e in self.rx.iter() {
+            match e {
+                Event::Text { text: t, .. } => text.push_str(&t),
+                Event::Done(d) => return (text, Some(d.finish)),
+                Event::Started => {}
+            }
+        }
+        (text, None)
+    }
+
+    fn leave(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+fn submit(engine: &Engine, r: Request) -> Result<Handle, Rejected> {
+    let (tx, rx) = mpsc::channel();
+    let gone = Arc::new(AtomicBool::new(false));
+    engine.submit(
+        r,
+        Client {
+            tx,
+            gone: gone.clone(),
+        },
+    )?;
+    Ok(Handle { rx, gone })
+}
+
+fn solo(lm: &LoadedModel, prompt: &[u32], p: &GenerateParams) -> String {
+    let mut session = Session::new(lm, 2048);
+    let mut text = String::new();
+    session
+        .generate(prompt, p, |t| {
+            text.push_str(t);
+            true
+        })
+        .unwrap();
+    text
+}
+
+/// Waits until `cond` holds for the engine's load (or fails after 60 s).
+fn wait_for(engine: &Engine, what: &str, cond: impl Fn(&Load) -> bool) -> Load {
+    let start = Instant::now();
+    loop {
+        let load = engine.load();
+        if cond(&load) {
+            return load;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {load:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// About `n` tokens of varied text.
+fn long_text(lm: &LoadedModel, n: usize, seed: &str) -> String {
+    let mut text = String::new();
+    let mut i = 0;
+    while lm.tokenizer.encode(&text, false, false).unwrap().len() < n {
+        text.push_str(&format!(
+            "Note {i} on {seed}: the river rose {} inches and the town council met at {} o'clock.\n",
+            i * 7 % 13,
+            i % 12 + 1
+        ));
+        i += 1;
+    }
+    text
+}
+
+fn prompts(lm: &LoadedModel) -> Vec<Vec<u32>> {
+    let questions = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "def fibonacci(n):",
+        "List three colours.",
+        "Why is the sky blue?",
+        "Translate 'good morning' into Spanish.",
+        "The history of Rome begins",
+        "Explain recursion to a child.",
+        "import numpy as np\n",
+        "Once upon a time",
+        "What is 17 times 3?",
+        "Name a famous painter.",
+        "How do bees make honey?",
+        "SELECT * FROM",
+        "The best way to learn is",
+    ];
+    let mut out: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| lm.tokenizer.encode(q, true, false).unwrap())
+        .collect();
+    // One long prompt, prefilled in chunks alongside the others' decoding.
+    let long = long_text(lm, 300, "the flood") + "Summarize the notes:";
+    out.push(lm.tokenizer.encode(&long, true, false).unwrap());
+    out
+}
+
+/// Every request of a concurrent load gets exactly its solo output.
+fn check_concurrent_equals_solo(
+    lm: Arc<LoadedModel>,
+    config: EngineConfig,
+    max_tokens: usize,
+) -> Load {
+    let prompts = prompts(&lm);
+    assert_eq!(prompts.len(), 16);
+    let p = |i: usize| {
+        // Every fourth request samples, with its own seed.
+        let sampling = if i % 4 == 3 {
+            SamplingParams {
+                seed: Some(i as u64),
+                ..SamplingParams::default()
+            }
+        } else if i % 4 == 1 {
+            endless(&lm)
+        } else {
+            SamplingParams::greedy()
+        };
+        params(max_tokens, sampling)
+    };
+    let want: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, pr)| solo(&lm, pr, &p(i)))
+        .collect();
+    let engine = Engine::start(lm.clone(), config).unwrap();
+    let handles: Vec<Handle> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, pr)| submit(&engine, request(pr.clone(), p(i))).unwrap())
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (text, finish) = h.wait();
+        assert!(
+            matches!(finish, Some(Finish::Length | Finish::Stop)),
+            "request {i}: {finish:?}"
+        );
+        assert_eq!(text, want[i], "request {i} differs from its solo output");
+    }
+    wait_for(&engine, "the batch to empty", |l| {
+        l.running == 0 && l.waiting == 0 && l.kv_usage == 0.0
+    })
+}
+
+#[test]
+fn sixteen_concurrent_requests_equal_their_solo_outputs() {
+    let lm = Arc::new(common::load("smollm2"));
+    let config = EngineConfig {
+        max_batch: 16,
+        step_tokens: 64,
+        ..EngineConfig::new(1024)
+    };
+    let load = check_concurrent_equals_solo(lm, config, 32);
+    assert_eq!(load.preemptions, 0);
+}
+
+#[test]
+fn a_full_kv_cache_makes_requests_wait_not_fail() {
+    let lm = Arc::new(common::load("smollm2"));
+    // Room for a bit more than one full context: requests queue for
+    // memory, and running ones are preempted and recomputed.
+    let block = lampo_model::KvStore::block_bytes(&lm.model.config, 16);
+    let config = EngineConfig {
+        max_batch: 16,
+        step_tokens: 64,
+        kv_memory: 34 * block,
+        ..EngineConfig::new(512)
+    };
+    let load = check_concurrent_equals_solo(lm, config, 96);
+    assert!(load.preemptions > 0, "no request was preempted: {load:?}");
+}
+
+#[test]
+fn a_client_leaving_mid_prefill_stops_the_work_and_frees_its_blocks() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompt = lm
+        .tokenizer
+        .encode(&long_text(&lm, 1500, "the harvest"), true, false)
+        .unwrap();
+    let engine = Engine::start(
+        lm,
+        EngineConfig {
+            step_tokens: 32,
+            ..EngineConfig::new(2048)
+        },
+    )
+    .unwrap();
+    let h = submit(
+        &engine,
+        request(prompt.clone(), params(16, SamplingParams::greedy())),
+    )
+    .unwrap();
+    wait_for(&engine, "prefill to start", |l| l.prefill_tokens > 0);
+    h.leave();
+    let after = wait_for(&engine, "the request to leave", |l| l.running == 0);
+    assert_eq!(after.kv_usage, 0.0, "its blocks are still held");
+    std::thread::sleep(Duration::from_millis(300));
+    let later = engine.load();
+    assert_eq!(
+        later.prefill_tokens, after.prefill_tokens,
+        "prefill went on"
+    );
+    assert!(
+        (later.prefill_tokens as usize) < prompt.len() / 2,
+        "{} of {} prompt tokens were computed",
+        later.prefill_tokens,
+        prompt.len()
+    );
+    // Nothing was sent after Started: no text, no Done.
+    let events: Vec<Event> = h.rx.try_iter().collect();
+    assert_eq!(events, [Event::Started]);
+}
+
+#[test]
+fn a_client_leaving_mid_stream_frees_its_place_for_the_next() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompt = lm
+        .tokenizer
+        .encode("Tell me a long story.", true, false)
+        .unwrap();
+    let engine = Engine::start(
+        lm.clone(),
+        EngineConfig {
+            max_batch: 1,
+            ..EngineConfig::new(1024)
+        },
+    )
+    .unwrap();
+    let first = submit(&engine, request(prompt.clone(), params(900, endless(&lm)))).unwrap();
+    let second = submit(&engine, request(prompt.clone(), params(8, endless(&lm)))).unwrap();
+    // The first streams; the second waits for its place.
+    let mut texts = 0;
+    while texts < 3 {
+        if let Event::Text { .. } = first.rx.recv().unwrap() {
+            texts += 1;
+        }
+    }
+    assert_eq!(engine.load().waiting, 1);
+    first.leave();
+    let (_, finish) = second.wait();
+    assert_eq!(finish, Some(Finish::Length));
+    wait_for(&engine, "an empty engine", |l| {
+        l.running == 0 && l.waiting == 0 && l.kv_usage == 0.0
+    });
+}
+
+#[test]
+fn a_full_queue_refuses_while_accepted_requests_complete() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompt = lm.tokenizer.encode("Count to ten:", true, false).unwrap();
+    let engine = Engine::start(
+        lm,
+        EngineConfig {
+            max_batch: 1,
+            max_queue: 2,
+            ..EngineConfig::new(512)
+        },
+    )
+    .unwrap();
+    let r = || request(prompt.clone(), params(24, SamplingParams::greedy()));
+    let running = submit(&engine, r()).unwrap();
+    assert_eq!(running.rx.recv().unwrap(), Event::Started);
+    let mut accepted = vec![running];
+    let mut refused = 0;
+    for _ in 0..5 {
+        match submit(&engine, r()) {
+            Ok(h) => accepted.push(h),
+            Err(Rejected::QueueFull(2)) => refused += 1,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (3, 3));
+    let texts: Vec<String> = accepted
+        .into_iter()
+        .map(|h| {
+            let (text, finish) = h.wait();
+            assert!(matches!(finish, Some(Finish::Length | Finish::Stop)));
+            text
+        })
+        .collect();
+    assert!(texts.iter().all(|t| t == &texts[0]));
+    // Room again once the queue drained.
+    assert!(submit(&engine, r()).is_ok());
+}
+
+#[test]
+fn a_shared_prefix_is_computed_once() {
+    let lm = Arc::new(common::load("smollm2"));
+    let system = long_text(&lm, 1000, "the bridge");
+    let ask = |q: &str| {
+        lm.tokenizer
+            .encode(&format!("{system}Question: {q}\nAnswer:"), true, false)
+            .unwrap()
+    };
+    let (a, b) = (ask("who met?"), ask("how high did the river rise?"));
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(shared >= 1000, "{shared}");
+    let greedy = params(12, SamplingParams::greedy());
+    let want_b = solo(&lm, &b, &greedy);
+    let engine = Engine::start(lm.clone(), EngineConfig::new(2048)).unwrap();
+
+    submit(&engine, request(a.clone(), greedy.clone()))
+        .unwrap()
+        .wait();
+    let before = engine.load();
+    assert_eq!(before.prefill_tokens as usize, a.len());
+    let (text, _) = submit(&engine, request(b.clone(), greedy.clone()))
+        .unwrap()
+        .wait();
+    let after = engine.load();
+    let computed = (after.prefill_tokens - before.prefill_tokens) as usize;
+    // Only what follows the last whole block of the shared prefix.
+    assert!(
+        computed <= b.len() - shared + 16,
+        "computed {computed} of {} tokens, {shared} shared",
+        b.len()
+    );
+    assert_eq!(
+        after.prefix_hits - before.prefix_hits,
+        (b.len() - computed) as u64
+    );
+    assert_eq!(text, want_b, "a cached prefix changed the output");
+
+    // Two requests arriving together with a new shared prefix: one
+    // computes it, the other waits for it rather than computing it too.
+    let other = long_text(&lm, 600, "the mill");
+    let c = lm
+        .tokenizer
+        .encode(&format!("{other}Q: first?"), true, false)
+        .unwrap();
+    let d = lm
+        .tokenizer
+        .encode(&format!("{other}Q: second one?"), true, false)
+        .unwrap();
+    let want_d = solo(&lm, &d, &greedy);
+    let start = engine.load().prefill_tokens;
+    let hc = submit(&engine, request(c.clone(), greedy.clone())).unwrap();
+    let hd = submit(&engine, request(d.clone(), greedy.clone())).unwrap();
+    hc.wait();
+    assert_eq!(hd.wait().0, want_d);
+    let computed = (engine.load().prefill_tokens - start) as usize;
+    assert!(
+        computed < c.len() + 64,
+        "computed {computed} for prompts of {} and {}",
+        c.len(),
+        d.len()
+    );
+}
+
+#[test]
+fn a_request_past_its_timeout_ends_timed_out() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompt = lm.tokenizer.encode("Hello", true, false).unwrap();
+    let engine = Engine::start(
+        lm,
+        EngineConfig {
+            max_batch: 1,
+            ..EngineConfig::new(512)
+        },
+    )
+    .unwrap();
+    let busy = submit(
+        &engine,
+        request(prompt.clone(), params(200, SamplingParams::greedy())),
+    )
+    .unwrap();
+    let mut late = request(prompt.clone(), params(8, SamplingParams::greedy()));
+    late.timeout = Some(Duration::from_millis(20));
+    let (_, finish) = submit(&engine, late).unwrap().wait();
+    assert_eq!(finish, Some(Finish::TimedOut));
+    let mut slow = request(prompt, params(400, SamplingParams::greedy()));
+    slow.timeout = Some(Duration::from_millis(300));
+    busy.leave();
+    let (text, finish) = submit(&engine, slow).unwrap().wait();
+    assert_eq!(finish, Some(Finish::TimedOut));
+    assert!(!text.is_empty(), "it ran before its time was up");
+}

@@ -12,7 +12,7 @@ use lampo_kernels::Activations;
 use lampo_kernels::bandwidth::read_bandwidth;
 use lampo_kernels::parallel::{region_cost, regions_started, set_threads, threads};
 use lampo_kernels::qdot::RowDots;
-use lampo_model::{KvCache, Logits, Model};
+use lampo_model::{KvCache, KvStore, Logits, Model, Sequence};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Tokens generated one at a time (0 skips the test)
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     n_gen: usize,
+    /// Sequences generating together in the generation test (continuous
+    /// batching's decode step); t/s counts the tokens of all of them
+    #[arg(short = 'b', long = "batch", default_value_t = 1)]
+    batch: usize,
     /// Repetitions of each test
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     repetitions: usize,
@@ -98,6 +102,33 @@ fn gen_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// `batch` sequences generating `n` tokens each in lockstep, one forward
+/// pass per step over a paged store, as the server's decode steps run.
+fn batch_gen_run(model: &Model, n: usize, batch: usize, rng: &mut Tokens) -> Result<f64> {
+    const BLOCK: usize = 16;
+    let per_seq = n.div_ceil(BLOCK);
+    let mut store = KvStore::new(&model.config, BLOCK, batch * per_seq);
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|b| ((b * per_seq) as u32..((b + 1) * per_seq) as u32).collect())
+        .collect();
+    let start = Instant::now();
+    for pos in 0..n {
+        let tokens: Vec<u32> = (0..batch).map(|_| rng.next(model.config.n_vocab)).collect();
+        let seqs: Vec<Sequence> = tables
+            .iter()
+            .zip(&tokens)
+            .map(|(blocks, t)| Sequence {
+                tokens: std::slice::from_ref(t),
+                blocks,
+                past: pos,
+                logits: Logits::Last,
+            })
+            .collect();
+        model.forward_batch(&mut store, &seqs)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// Peak resident memory of this process so far, in bytes (Linux).
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -107,8 +138,8 @@ fn peak_rss() -> Option<u64> {
 }
 
 pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
-    if a.repetitions == 0 {
-        bail!("--repetitions must be at least 1");
+    if a.repetitions == 0 || a.batch == 0 {
+        bail!("--repetitions and --batch must be at least 1");
     }
     set_threads(a.threads);
     let threads = threads();
@@ -140,12 +171,22 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
         if n == 0 {
             continue;
         }
+        let batched = test == "tg" && a.batch > 1;
         let mut samples = Vec::new();
         for _ in 0..a.repetitions {
-            samples.push(n as f64 / f(&model, n, &mut rng)?);
+            let seconds = if batched {
+                batch_gen_run(&model, n, a.batch, &mut rng)? / a.batch as f64
+            } else {
+                f(&model, n, &mut rng)?
+            };
+            samples.push(n as f64 / seconds);
         }
         results.push(Measured {
-            test: format!("{test}{n}"),
+            test: if batched {
+                format!("{test}{n} x{}", a.batch)
+            } else {
+                format!("{test}{n}")
+            },
             tokens: n,
             samples,
         });
@@ -164,7 +205,9 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     let weights = model.weight_bytes_per_token();
     // Generation reads every weight once per token, plus the KV cache of
     // the positions so far (on average half the generated length).
-    let decode_bytes = |n: usize| weights + model.kv_bytes_per_position() * n as u64 / 2;
+    // With a batch, one step reads the weights once for all its tokens.
+    let batch = a.batch.max(1) as u64;
+    let decode_bytes = |n: usize| weights / batch + model.kv_bytes_per_position() * n as u64 / 2;
     let file_bytes = std::fs::metadata(path)?.len();
     let name = path
         .file_name()

@@ -326,6 +326,7 @@ struct Plan {
     include_usage: bool,
     /// Alternatives per token when log-probabilities are asked for.
     logprobs: Option<usize>,
+    ignore_eos: bool,
 }
 
 fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
@@ -414,6 +415,7 @@ fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
         stream: s.stream,
         include_usage: s.stream_options.is_some_and(|o| o.include_usage),
         logprobs: None,
+        ignore_eos: s.ignore_eos,
     })
 }
 
@@ -460,6 +462,13 @@ fn engine_request(
     }
     let mut sampling = plan.sampling.clone();
     sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+    if plan.ignore_eos {
+        let tok = &state.engine()?.model().tokenizer;
+        let eog = (0..n_vocab as u32).filter(|&t| tok.is_eog(t));
+        sampling
+            .logit_bias
+            .extend(eog.map(|t| (t, f32::NEG_INFINITY)));
+    }
     Ok(EngineRequest {
         prompt: prompt.to_vec(),
         params: GenerateParams {

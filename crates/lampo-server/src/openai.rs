@@ -42,6 +42,10 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// Extension (as in vLLM and llama.cpp): never end on an
+    /// end-of-generation token, so that every answer runs to `max_tokens`.
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub seed: Option<u64>,
     pub stop: Option<Stop>,

@@ -6,46 +6,89 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-type GroupDotFn = fn(&[f32], &[f16], &mut [f32]);
-type GroupAxpyFn = fn(&mut [f32], &[f32], &[f16]);
-
-/// Attention scores of a group of query heads against one f16 key:
-/// `out[g] = dot(queries[g], key)`, `queries` holding `out.len()` rows of
-/// `key.len()` values. The key is widened once for the whole group.
-#[inline]
-pub fn group_dot_f16(queries: &[f32], key: &[f16], out: &mut [f32]) {
-    assert_eq!(
-        queries.len(),
-        key.len() * out.len(),
-        "queries are not rows of the key's length"
-    );
-    static DOT: OnceLock<GroupDotFn> = OnceLock::new();
-    (DOT.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if f16c_available() {
-            return group_dot_f16_avx2;
-        }
-        group_dot_f16_portable
-    }))(queries, key, out)
+/// A run of `n` f16 vectors of `len` values, `stride` values apart (one
+/// head's keys or values at consecutive positions of a KV block).
+#[derive(Clone, Copy, Debug)]
+pub struct F16Run<'a> {
+    pub data: &'a [f16],
+    pub stride: usize,
+    pub len: usize,
+    pub n: usize,
 }
 
-/// Attention output of a group of heads for one f16 value:
-/// `outs[g] += weights[g] * value`, `outs` holding `weights.len()` rows.
+impl F16Run<'_> {
+    fn check(&self) {
+        assert!(
+            self.n == 0 || (self.n - 1) * self.stride + self.len <= self.data.len(),
+            "a run of {} vectors of {} every {} overruns {} values",
+            self.n,
+            self.len,
+            self.stride,
+            self.data.len()
+        );
+    }
+
+    fn at(&self, j: usize) -> &[f16] {
+        &self.data[j * self.stride..][..self.len]
+    }
+}
+
+type GroupScoresFn = fn(&[f32], F16Run, &mut [f32]);
+type GroupWeightedSumFn = fn(&mut [f32], &[f32], usize, F16Run);
+
+/// Attention scores of a group of query heads against a run of f16 keys:
+/// `scores[j * g + i] = dot(queries[i], key j)` for the `g` rows of
+/// `queries`. Each key is widened once for the whole group.
 #[inline]
-pub fn group_axpy_f16(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+pub fn group_scores_f16(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+    keys.check();
+    let g = queries.len() / keys.len.max(1);
     assert_eq!(
-        outs.len(),
-        value.len() * weights.len(),
-        "outputs are not rows of the value's length"
+        queries.len(),
+        g * keys.len,
+        "queries are not rows of the key's length"
     );
-    static AXPY: OnceLock<GroupAxpyFn> = OnceLock::new();
-    (AXPY.get_or_init(|| {
+    assert_eq!(scores.len(), g * keys.n, "scores are not {} x {g}", keys.n);
+    static SCORES: OnceLock<GroupScoresFn> = OnceLock::new();
+    (SCORES.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         if f16c_available() {
-            return group_axpy_f16_avx2;
+            return group_scores_f16_avx2;
         }
-        group_axpy_f16_portable
-    }))(outs, weights, value)
+        group_scores_f16_portable
+    }))(queries, keys, scores)
+}
+
+/// Attention output of a group of heads over a run of f16 values:
+/// `outs[i] += sum_j weights[i * weight_stride + j] * value j`, `outs`
+/// holding one row of `values.len` per head.
+#[inline]
+pub fn group_weighted_sum_f16(
+    outs: &mut [f32],
+    weights: &[f32],
+    weight_stride: usize,
+    values: F16Run,
+) {
+    values.check();
+    let g = outs.len() / values.len.max(1);
+    assert_eq!(
+        outs.len(),
+        g * values.len,
+        "outputs are not rows of the value's length"
+    );
+    assert!(
+        g == 0 || values.n == 0 || (g - 1) * weight_stride + values.n <= weights.len(),
+        "weights are not {g} rows of {} every {weight_stride}",
+        values.n
+    );
+    static SUM: OnceLock<GroupWeightedSumFn> = OnceLock::new();
+    (SUM.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if f16c_available() {
+            return group_weighted_sum_f16_avx2;
+        }
+        group_weighted_sum_f16_portable
+    }))(outs, weights, weight_stride, values)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -53,18 +96,34 @@ fn f16c_available() -> bool {
     avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
-pub fn group_dot_f16_portable(queries: &[f32], key: &[f16], out: &mut [f32]) {
-    let hd = key.len();
-    for (o, q) in out.iter_mut().zip(queries.chunks_exact(hd.max(1))) {
-        *o = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
+pub fn group_scores_f16_portable(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+    let hd = keys.len.max(1);
+    let g = queries.len() / hd;
+    for j in 0..keys.n {
+        let key = keys.at(j);
+        for (o, q) in scores[j * g..(j + 1) * g]
+            .iter_mut()
+            .zip(queries.chunks_exact(hd))
+        {
+            *o = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
+        }
     }
 }
 
-pub fn group_axpy_f16_portable(outs: &mut [f32], weights: &[f32], value: &[f16]) {
-    let hd = value.len();
-    for (o, &w) in outs.chunks_exact_mut(hd.max(1)).zip(weights) {
-        for (x, v) in o.iter_mut().zip(value) {
-            *x += w * v.to_f32();
+pub fn group_weighted_sum_f16_portable(
+    outs: &mut [f32],
+    weights: &[f32],
+    weight_stride: usize,
+    values: F16Run,
+) {
+    let hd = values.len.max(1);
+    for j in 0..values.n {
+        let value = values.at(j);
+        for (i, o) in outs.chunks_exact_mut(hd).enumerate() {
+            let w = weights[i * weight_stride + j];
+            for (x, v) in o.iter_mut().zip(value) {
+                *x += w * v.to_f32();
+            }
         }
     }
 }
@@ -74,70 +133,159 @@ pub fn group_axpy_f16_portable(outs: &mut [f32], weights: &[f32], value: &[f16])
 #[cfg(target_arch = "x86_64")]
 const GROUP: usize = 8;
 
+/// Calls `$f::<G>` for the group size `$g` (1 to `GROUP`), so that each
+/// size gets a kernel whose accumulators live in registers.
 #[cfg(target_arch = "x86_64")]
-fn group_dot_f16_avx2(queries: &[f32], key: &[f16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn inner(queries: &[f32], key: &[f16], out: &mut [f32]) {
-        let hd = key.len();
-        let full = hd / 8 * 8;
-        for (qs, os) in queries.chunks(GROUP * hd).zip(out.chunks_mut(GROUP)) {
-            let g = os.len();
-            let mut acc = [_mm256_setzero_ps(); GROUP];
-            let mut c = 0;
-            while c < full {
-                // SAFETY: `c + 8 <= hd`, and row `j < g` of `qs` has `hd` values.
-                unsafe {
-                    let k = _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(c) as *const __m128i));
-                    for (j, a) in acc[..g].iter_mut().enumerate() {
-                        let q = _mm256_loadu_ps(qs.as_ptr().add(j * hd + c));
-                        *a = _mm256_fmadd_ps(q, k, *a);
-                    }
-                }
-                c += 8;
-            }
-            for (j, &v) in acc[..g].iter().enumerate() {
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-                for i in full..hd {
-                    sum += qs[j * hd + i] * key[i].to_f32();
-                }
-                os[j] = sum;
-            }
+macro_rules! by_group {
+    ($g:expr, $f:ident, $($arg:expr),*) => {
+        match $g {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
         }
-    }
-    // SAFETY: selected only after detecting AVX2, FMA and F16C.
-    unsafe { inner(queries, key, out) }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
-fn group_axpy_f16_avx2(outs: &mut [f32], weights: &[f32], value: &[f16]) {
+fn group_scores_f16_avx2(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+    let hd = keys.len;
+    let g_all = queries.len() / hd.max(1);
+    for g0 in (0..g_all).step_by(GROUP) {
+        let g = (g_all - g0).min(GROUP);
+        let qs = &queries[g0 * hd..(g0 + g) * hd];
+        // SAFETY: selected only after detecting AVX2, FMA and F16C; the
+        // shapes were checked by `group_scores_f16`.
+        unsafe { by_group!(g, scores_avx2, qs, keys, scores, g_all, g0) }
+    }
+}
+
+/// Scores of `G` query heads (rows `g0..g0 + G` of the `g_all`-head group).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scores_avx2<const G: usize>(
+    qs: &[f32],
+    keys: F16Run,
+    scores: &mut [f32],
+    g_all: usize,
+    g0: usize,
+) {
     use std::arch::x86_64::*;
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn inner(outs: &mut [f32], weights: &[f32], value: &[f16]) {
-        let hd = value.len();
-        let full = hd / 8 * 8;
+    let hd = keys.len;
+    let full = hd / 8 * 8;
+    for j in 0..keys.n {
+        let key = keys.at(j);
+        let mut acc = [_mm256_setzero_ps(); G];
         let mut c = 0;
         while c < full {
-            // SAFETY: `c + 8 <= hd`, and row `j` of `outs` has `hd` values.
+            // SAFETY: `c + 8 <= hd`, and each of the `G` rows of `qs` has `hd` values.
             unsafe {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(value.as_ptr().add(c) as *const __m128i));
-                for (j, &w) in weights.iter().enumerate() {
-                    let o = outs.as_mut_ptr().add(j * hd + c);
-                    _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(w), v, _mm256_loadu_ps(o)));
+                let k = _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(c) as *const __m128i));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let q = _mm256_loadu_ps(qs.as_ptr().add(i * hd + c));
+                    *a = _mm256_fmadd_ps(q, k, *a);
                 }
             }
             c += 8;
         }
-        for (j, &w) in weights.iter().enumerate() {
-            for i in full..hd {
-                outs[j * hd + i] += w * value[i].to_f32();
+        finish_scores::<G>(&acc, qs, key, full, &mut scores[j * g_all + g0..]);
+    }
+}
+
+/// Sums each head's eight lanes (and the columns past the last eight)
+/// into `out[i]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish_scores<const G: usize>(
+    acc: &[std::arch::x86_64::__m256; G],
+    qs: &[f32],
+    key: &[f16],
+    full: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = key.len();
+    for (i, &v) in acc.iter().enumerate() {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+        for x in full..hd {
+            sum += qs[i * hd + x] * key[x].to_f32();
+        }
+        out[i] = sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn group_weighted_sum_f16_avx2(
+    outs: &mut [f32],
+    weights: &[f32],
+    weight_stride: usize,
+    values: F16Run,
+) {
+    let hd = values.len;
+    let g_all = outs.len() / hd.max(1);
+    for g0 in (0..g_all).step_by(GROUP) {
+        let g = (g_all - g0).min(GROUP);
+        let os = &mut outs[g0 * hd..(g0 + g) * hd];
+        let ws = &weights[g0 * weight_stride..];
+        // SAFETY: selected only after detecting AVX2, FMA and F16C; the
+        // shapes were checked by `group_weighted_sum_f16`.
+        unsafe { by_group!(g, weighted_sum_avx2, os, ws, weight_stride, values) }
+    }
+}
+
+/// The weighted sum for `G` heads: eight columns of each head's output
+/// stay in registers while the whole run of values passes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_sum_avx2<const G: usize>(
+    outs: &mut [f32],
+    weights: &[f32],
+    weight_stride: usize,
+    values: F16Run,
+) {
+    use std::arch::x86_64::*;
+    let hd = values.len;
+    let full = hd / 8 * 8;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: `c + 8 <= hd`; the `G` rows of `outs` have `hd` values;
+        // value `j < n` has `hd` values at `j * stride`; the weights cover
+        // `G` rows of `n` every `weight_stride` (checked by the caller).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(outs.as_ptr().add(i * hd + c));
+            }
+            for j in 0..values.n {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(
+                    values.data.as_ptr().add(j * values.stride + c) as *const __m128i,
+                ));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let w = *weights.get_unchecked(i * weight_stride + j);
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(w), v, *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(outs.as_mut_ptr().add(i * hd + c), *a);
+            }
+        }
+        c += 8;
+    }
+    for j in 0..values.n {
+        let value = values.at(j);
+        for i in 0..G {
+            let w = weights[i * weight_stride + j];
+            for x in full..hd {
+                outs[i * hd + x] += w * value[x].to_f32();
             }
         }
     }
-    // SAFETY: selected only after detecting AVX2, FMA and F16C.
-    unsafe { inner(outs, weights, value) }
 }
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -234,42 +382,62 @@ mod tests {
 
     #[test]
     fn group_kernels_match_portable_on_odd_sizes() {
-        for (groups, hd) in [
-            (1usize, 8usize),
-            (3, 64),
-            (6, 128),
-            (7, 64),
-            (12, 72),
-            (2, 13),
+        for (groups, hd, n, stride) in [
+            (1usize, 8usize, 1usize, 8usize),
+            (3, 64, 16, 192),
+            (6, 128, 5, 256),
+            (7, 64, 3, 64),
+            (12, 72, 9, 100),
+            (2, 13, 4, 13),
         ] {
             let q: Vec<f32> = (0..groups * hd)
                 .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
                 .collect();
-            let k: Vec<f16> = (0..hd)
+            let data: Vec<f16> = (0..(n - 1) * stride + hd)
                 .map(|i| f16::from_f32(((i * 7 % 11) as f32 - 5.0) * 0.5))
                 .collect();
-            let (mut fast, mut slow) = (vec![0f32; groups], vec![0f32; groups]);
-            group_dot_f16(&q, &k, &mut fast);
-            group_dot_f16_portable(&q, &k, &mut slow);
-            for g in 0..groups {
-                let exact: f64 = (0..hd).map(|i| q[g * hd + i] as f64 * k[i].to_f64()).sum();
-                assert!(
-                    (fast[g] as f64 - exact).abs() < 1e-3,
-                    "dot {groups}x{hd} g={g}"
-                );
-                assert!(
-                    (slow[g] as f64 - exact).abs() < 1e-3,
-                    "portable dot {groups}x{hd}"
-                );
+            let run = F16Run {
+                data: &data,
+                stride,
+                len: hd,
+                n,
+            };
+            let (mut fast, mut slow) = (vec![0f32; groups * n], vec![0f32; groups * n]);
+            group_scores_f16(&q, run, &mut fast);
+            group_scores_f16_portable(&q, run, &mut slow);
+            for j in 0..n {
+                for g in 0..groups {
+                    let exact: f64 = (0..hd)
+                        .map(|i| q[g * hd + i] as f64 * data[j * stride + i].to_f64())
+                        .sum();
+                    let at = j * groups + g;
+                    assert!(
+                        (fast[at] as f64 - exact).abs() < 1e-3,
+                        "scores {groups}x{hd}x{n}"
+                    );
+                    assert!((slow[at] as f64 - exact).abs() < 1e-3, "portable scores");
+                }
             }
-            let w: Vec<f32> = (0..groups).map(|g| 0.1 + g as f32 * 0.05).collect();
+            // Weights as attention lays them out: a row of `n` per head
+            // inside rows of a longer stride.
+            let w_stride = n + 3;
+            let w: Vec<f32> = (0..groups * w_stride)
+                .map(|i| 0.1 + (i % 7) as f32 * 0.05)
+                .collect();
             let (mut fast, mut slow) = (q.clone(), q.clone());
-            group_axpy_f16(&mut fast, &w, &k);
-            group_axpy_f16_portable(&mut slow, &w, &k);
+            group_weighted_sum_f16(&mut fast, &w, w_stride, run);
+            group_weighted_sum_f16_portable(&mut slow, &w, w_stride, run);
             for i in 0..groups * hd {
-                let want = q[i] + w[i / hd] * k[i % hd].to_f32();
-                assert!((fast[i] - want).abs() < 1e-5, "axpy {groups}x{hd} at {i}");
-                assert!((slow[i] - want).abs() < 1e-5, "portable axpy {groups}x{hd}");
+                let (g, x) = (i / hd, i % hd);
+                let want = q[i]
+                    + (0..n)
+                        .map(|j| w[g * w_stride + j] * data[j * stride + x].to_f32())
+                        .sum::<f32>();
+                assert!(
+                    (fast[i] - want).abs() < 1e-4,
+                    "sum {groups}x{hd}x{n} at {i}"
+                );
+                assert!((slow[i] - want).abs() < 1e-4, "portable sum at {i}");
             }
         }
     }

@@ -12,7 +12,7 @@ use lampo_kernels::parallel::{for_each_chunk_mut, for_each_chunk_mut_interleaved
 use lampo_kernels::qdot::RowDots;
 use lampo_kernels::quant::dequantize_row;
 use lampo_kernels::repack::{Packed, interleave_rows8};
-use lampo_kernels::simd::{group_axpy_f16, group_dot_f16};
+use lampo_kernels::simd::{F16Run, group_scores_f16, group_weighted_sum_f16};
 use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
 
 use crate::ModelError;
@@ -618,11 +618,27 @@ impl Model {
             let seen = past + i + 1;
             let first = window.map_or(0, |w| seen.saturating_sub(w));
             let len = seen - first;
+            // Positions in runs that stay within one KV block (contiguous
+            // in the store), as `(offset from first, slot of its start, length)`.
+            let bs = store.block_size;
+            let starts = std::iter::successors(Some(first), |&p| {
+                let next = (p / bs + 1) * bs;
+                (next < seen).then_some(next)
+            });
+            let runs = starts.map(|p| {
+                let end = ((p / bs + 1) * bs).min(seen);
+                (p - first, store.slot(blocks, p), end - p)
+            });
             // Scores key by key (`[j][g]`), then softmax per head over `j`.
             let mut scores = vec![0f32; len * group];
-            for (j, p) in (first..seen).enumerate() {
-                let key = &keys[store.slot(blocks, p) * kvd + kv_off..][..hd];
-                group_dot_f16(queries, key, &mut scores[j * group..(j + 1) * group]);
+            for (at, slot, n) in runs.clone() {
+                let keys = F16Run {
+                    data: &keys[slot * kvd + kv_off..],
+                    stride: kvd,
+                    len: hd,
+                    n,
+                };
+                group_scores_f16(queries, keys, &mut scores[at * group..(at + n) * group]);
             }
             let mut probs = vec![0f32; group * len];
             for (g, row) in probs.chunks_exact_mut(len).enumerate() {
@@ -636,13 +652,14 @@ impl Model {
                 }
             }
             o.fill(0.0);
-            let mut weights = vec![0f32; group];
-            for (j, p) in (first..seen).enumerate() {
-                for (g, w) in weights.iter_mut().enumerate() {
-                    *w = probs[g * len + j];
-                }
-                let value = &values[store.slot(blocks, p) * kvd + kv_off..][..hd];
-                group_axpy_f16(o, &weights, value);
+            for (at, slot, n) in runs {
+                let values = F16Run {
+                    data: &values[slot * kvd + kv_off..],
+                    stride: kvd,
+                    len: hd,
+                    n,
+                };
+                group_weighted_sum_f16(o, &probs[at..], len, values);
             }
         });
     }

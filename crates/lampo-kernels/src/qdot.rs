@@ -514,6 +514,32 @@ mod tests {
         assert_eq!((zero[0].d, zero[0].qs[5]), (0.0, 0));
     }
 
+    #[test]
+    fn every_quantizer_matches_the_portable_one_bit_for_bit() {
+        let mut x: Vec<f32> = (0..32 * 64)
+            .map(|i| (((i * 7919) % 2003) as f32 - 1001.0) * 0.0137)
+            .collect();
+        // Exact halves after scaling (ties round to even), a zero block, a
+        // block of one value.
+        x[..32].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 15.5);
+        x[32..64].fill(0.0);
+        x[64..96].fill(-3.0);
+        let mut want = vec![Q8Block::ZERO; 64];
+        quantize_q8_portable(&x, &mut want);
+        for dots in RowDots::available() {
+            let mut got = vec![Q8Block::ZERO; 64];
+            (dots.quantize_q8)(&x, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    (g.d.to_bits(), g.s.to_bits(), g.qs),
+                    (w.d.to_bits(), w.s.to_bits(), w.qs),
+                    "{} block {i}",
+                    dots.isa
+                );
+            }
+        }
+    }
+
     /// Activations for `nt` rows of `n` values in the blocks `ty` takes,
     /// with their dequantized values.
     fn activations(ty: DType, n: usize, nt: usize, seed: usize) -> (Acts, Vec<f32>) {

@@ -29,6 +29,51 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     }
 }
 
+/// Activations to 32-value blocks, with the same results as
+/// `quantize_q8_generic` (the largest magnitude maps to ±127, halves round
+/// to even, which is the default rounding mode of `vcvtps2dq`), written out
+/// because the compiler does not vectorize the portable loop's maximum and
+/// saturating casts.
+#[target_feature(enable = "avx2")]
+fn quantize_q8_avx2(x: &[f32], out: &mut [Q8Block]) {
+    assert!(
+        x.len().is_multiple_of(32) && out.len() == x.len() / 32,
+        "activations of {} values are not {} 32-blocks",
+        x.len(),
+        out.len()
+    );
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: `xs` has 32 values; `b.qs` has 32 bytes.
+        unsafe {
+            let p = xs.as_ptr();
+            let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+            let m = v
+                .iter()
+                .fold(_mm256_setzero_ps(), |m, &x| _mm256_max_ps(m, _mm256_andnot_ps(sign, x)));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, id)));
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+            // Packing works within 128-bit lanes: put the 4-byte groups back in order.
+            let bytes = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, bytes);
+            b.d = d;
+            b.s = d * sum as f32;
+        }
+    }
+}
+
 /// Kernels for the 32-value formats. `load` gives the block's
 /// 32 weights (unsigned when `signed` is false), `min` the offset
 /// in the block's second f16 (Q4_1/Q5_1) that multiplies the
@@ -622,18 +667,14 @@ macro_rules! row_dots {
             }
 
             #[target_feature(enable = $features)]
-            fn quantize_q8_simd(x: &[f32], out: &mut [Q8Block]) {
-                crate::qdot::quantize_q8_generic(x, out)
-            }
-
-            #[target_feature(enable = $features)]
             fn quantize_q8k_simd(x: &[f32], out: &mut [Q8KBlock]) {
                 crate::qdot::quantize_q8k_generic(x, out)
             }
 
             fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
-                // SAFETY: reachable only through `row_dots`, after detection.
-                unsafe { quantize_q8_simd(x, out) }
+                // SAFETY: reachable only through `row_dots`, after detection
+                // of a superset of AVX2.
+                unsafe { quantize_q8_avx2(x, out) }
             }
 
             fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {

@@ -481,8 +481,34 @@ async fn metrics_show_latency_histograms_and_load_and_request_ids_echo() {
         head.to_ascii_lowercase().contains("x-request-id: req-"),
         "{head}"
     );
+    // The same chat again: its prompt's full blocks come from the prefix cache.
+    let (status, _) = post(addr, "/v1/chat/completions", chat(QUESTION, json!({}))).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(addr, "/v1/chat/completions", chat(QUESTION, json!({}))).await;
+    assert_eq!(status, 200);
+    // `ignore_eos` runs to `max_tokens`.
+    let (status, r) = post(
+        addr,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The end.", "max_tokens": 30, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["usage"]["completion_tokens"], 30, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
     let (status, text) = http(addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("vllm:prefix_cache_hits_total") >= 16.0, "{text}");
+    assert!(value("vllm:prefix_cache_queries_total") > value("vllm:prefix_cache_hits_total"));
+    assert!(value("lampo_prefill_tokens_total") > 0.0);
+    assert_eq!(value("vllm:num_preemptions_total"), 0.0);
     for name in [
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket",

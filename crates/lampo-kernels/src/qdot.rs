@@ -521,9 +521,31 @@ mod tests {
             .collect();
         // Exact halves after scaling (ties round to even), a zero block, a
         // block of one value.
-        x[..32].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 15.5);
+        x[..32]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 - 15.5);
         x[32..64].fill(0.0);
         x[64..96].fill(-3.0);
+        // Blocks of 256 whose largest magnitude comes twice with both signs.
+        x[300] = -40.0;
+        x[301] = 40.0;
+        x[700] = 35.0;
+        x[710] = -35.0;
+        let mut want_k = vec![Q8KBlock::ZERO; 8];
+        quantize_q8k_portable(&x, &mut want_k);
+        for dots in RowDots::available() {
+            let mut got = vec![Q8KBlock::ZERO; 8];
+            (dots.quantize_q8k)(&x, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want_k).enumerate() {
+                assert_eq!(
+                    (g.d.to_bits(), g.qs, g.bsums),
+                    (w.d.to_bits(), w.qs, w.bsums),
+                    "{} 256-block {i}",
+                    dots.isa
+                );
+            }
+        }
         let mut want = vec![Q8Block::ZERO; 64];
         quantize_q8_portable(&x, &mut want);
         for dots in RowDots::available() {

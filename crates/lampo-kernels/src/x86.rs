@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use crate::qdot::{
     FormatDots, Q8Block, Q8KBlock, RowDots, Rows8Dots, check_row_shapes as check, scales_mins_k4,
 };
+use crate::quant::QK_K;
 use crate::repack::Rows8Format;
 
 #[inline(always)]
@@ -48,9 +49,9 @@ fn quantize_q8_avx2(x: &[f32], out: &mut [Q8Block]) {
         unsafe {
             let p = xs.as_ptr();
             let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
-            let m = v
-                .iter()
-                .fold(_mm256_setzero_ps(), |m, &x| _mm256_max_ps(m, _mm256_andnot_ps(sign, x)));
+            let m = v.iter().fold(_mm256_setzero_ps(), |m, &x| {
+                _mm256_max_ps(m, _mm256_andnot_ps(sign, x))
+            });
             let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
@@ -66,10 +67,82 @@ fn quantize_q8_avx2(x: &[f32], out: &mut [Q8Block]) {
                 _mm256_packs_epi32(q[0], q[1]),
                 _mm256_packs_epi32(q[2], q[3]),
             );
-            let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let bytes =
+                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, bytes);
             b.d = d;
             b.s = d * sum as f32;
+        }
+    }
+}
+
+/// Activations to 256-value blocks, with the same results as
+/// `quantize_q8k_generic`: the first value of largest magnitude maps to
+/// -127 (its sign goes into the scale), and each 16 values are summed.
+#[target_feature(enable = "avx2")]
+fn quantize_q8k_avx2(x: &[f32], out: &mut [Q8KBlock]) {
+    assert!(
+        x.len().is_multiple_of(QK_K) && out.len() == x.len() / QK_K,
+        "activations of {} values are not {} 256-blocks",
+        x.len(),
+        out.len()
+    );
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        // SAFETY: `xs` has 256 values, `b.qs` 256 bytes.
+        unsafe {
+            let p = xs.as_ptr();
+            let mut m = _mm256_setzero_ps();
+            for i in (0..QK_K).step_by(8) {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(i))));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            if amax == 0.0 {
+                *b = Q8KBlock::ZERO;
+                continue;
+            }
+            // The first value whose magnitude is the largest gives the sign.
+            let target = _mm256_set1_ps(amax);
+            let mut max = amax;
+            for i in (0..QK_K).step_by(8) {
+                let v = _mm256_loadu_ps(p.add(i));
+                let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                    _mm256_andnot_ps(sign, v),
+                    target,
+                ));
+                if hit != 0 {
+                    max = xs[i + hit.trailing_zeros() as usize];
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let scale = _mm256_set1_ps(iscale);
+            let top = _mm256_set1_epi32(127);
+            for (g, sum) in b.bsums.iter_mut().enumerate() {
+                let at = g * 16;
+                let q0 = _mm256_min_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(scale, _mm256_loadu_ps(p.add(at)))),
+                    top,
+                );
+                let q1 = _mm256_min_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(scale, _mm256_loadu_ps(p.add(at + 8)))),
+                    top,
+                );
+                let s = _mm256_add_epi32(q0, q1);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                *sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+                    as i16;
+                // 16 bytes: pack within lanes, then gather the two halves.
+                let w = _mm256_packs_epi32(q0, q1);
+                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(w);
+                let bytes =
+                    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                _mm_storeu_si128(b.qs.as_mut_ptr().add(at) as *mut __m128i, bytes);
+            }
+            b.d = 1.0 / iscale;
         }
     }
 }
@@ -666,11 +739,6 @@ macro_rules! row_dots {
                 }
             }
 
-            #[target_feature(enable = $features)]
-            fn quantize_q8k_simd(x: &[f32], out: &mut [Q8KBlock]) {
-                crate::qdot::quantize_q8k_generic(x, out)
-            }
-
             fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
                 // SAFETY: reachable only through `row_dots`, after detection
                 // of a superset of AVX2.
@@ -679,7 +747,7 @@ macro_rules! row_dots {
 
             fn quantize_q8k(x: &[f32], out: &mut [Q8KBlock]) {
                 // SAFETY: as above.
-                unsafe { quantize_q8k_simd(x, out) }
+                unsafe { quantize_q8k_avx2(x, out) }
             }
 
             entry!(q4_0, q4_0_n[], Q8Block, 18);

@@ -91,6 +91,13 @@ impl Rng {
     }
 }
 
+/// The next token's distribution: one token, or tokens with weights
+/// (most likely first, not normalized).
+enum Distribution {
+    Greedy(u32),
+    Weighted { tokens: Vec<u32>, weights: Vec<f64> },
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
@@ -126,6 +133,61 @@ impl Sampler {
 
     /// Picks the next token. `logits` is modified (bias and penalties).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        match self.distribution(logits) {
+            Distribution::Greedy(t) => t,
+            Distribution::Weighted { tokens, weights } => {
+                let total: f64 = weights.iter().sum();
+                self.draw(&tokens, &weights, total)
+            }
+        }
+    }
+
+    /// Verifies a proposed next token (speculative decoding) so that the
+    /// token returned follows exactly the distribution `sample` draws from:
+    /// greedy decoding accepts the proposal when it is the argmax; sampling
+    /// accepts it with its probability p(d), and otherwise draws from the
+    /// rest of the distribution (p without d, renormalized), which together
+    /// give p again. Returns the token and whether it is the proposal.
+    pub fn verify(&mut self, logits: &mut [f32], proposed: u32) -> (u32, bool) {
+        match self.distribution(logits) {
+            Distribution::Greedy(t) => (t, t == proposed),
+            Distribution::Weighted {
+                tokens,
+                mut weights,
+            } => {
+                let total: f64 = weights.iter().sum();
+                let at = tokens.iter().position(|&t| t == proposed);
+                if let Some(i) = at {
+                    if self.rng.next_f64() * total < weights[i] {
+                        return (proposed, true);
+                    }
+                    weights[i] = 0.0;
+                }
+                let rest: f64 = weights.iter().sum();
+                if rest <= 0.0 {
+                    return (proposed, true);
+                }
+                (self.draw(&tokens, &weights, rest), false)
+            }
+        }
+    }
+
+    /// Token `tokens[i]` with probability `weights[i] / total`.
+    fn draw(&mut self, tokens: &[u32], weights: &[f64], total: f64) -> u32 {
+        let mut r = self.rng.next_f64() * total;
+        for (i, q) in weights.iter().enumerate() {
+            r -= q;
+            if r < 0.0 && *q > 0.0 {
+                return tokens[i];
+            }
+        }
+        let last = weights.iter().rposition(|&q| q > 0.0).unwrap_or(0);
+        tokens[last]
+    }
+
+    /// What the next token is drawn from, after bias, penalties,
+    /// temperature, top-k, top-p and min-p.
+    fn distribution(&self, logits: &mut [f32]) -> Distribution {
         let p = &self.params;
         for &(tok, bias) in &p.logit_bias {
             if let Some(l) = logits.get_mut(tok as usize) {
@@ -134,7 +196,7 @@ impl Sampler {
         }
         self.apply_penalties(logits);
         if p.temperature <= 0.0 {
-            return argmax(logits);
+            return Distribution::Greedy(argmax(logits));
         }
 
         let mut cand: Vec<(u32, f32)> = logits
@@ -144,7 +206,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         if cand.is_empty() {
-            return argmax(logits);
+            return Distribution::Greedy(argmax(logits));
         }
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -177,16 +239,11 @@ impl Sampler {
             let floor = probs[0] * p.min_p as f64;
             keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
         }
-        let probs = &probs[..keep];
-        let total: f64 = probs.iter().sum();
-        let mut r = self.rng.next_f64() * total;
-        for (i, q) in probs.iter().enumerate() {
-            r -= q;
-            if r < 0.0 {
-                return cand[i].0;
-            }
+        probs.truncate(keep);
+        Distribution::Weighted {
+            tokens: cand[..keep].iter().map(|c| c.0).collect(),
+            weights: probs,
         }
-        cand[keep - 1].0
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -347,5 +404,68 @@ mod tests {
 
         let mut s = Sampler::new(params(|p| p.logit_bias = vec![(0, -100.0), (2, 5.0)]));
         assert_eq!(s.sample(&mut [3.0, 1.0, -1.0]), 2);
+    }
+
+    /// Speculative verification keeps the target distribution exactly:
+    /// over many draws, whatever is proposed, the tokens returned are
+    /// distributed as plain sampling's (within sampling error).
+    #[test]
+    fn verification_keeps_the_sampling_distribution() {
+        let logits = [2.0f32, 1.5, 0.2, -0.5, 1.0, -3.0];
+        let settings: [fn(&mut SamplingParams); 3] = [
+            |p| p.temperature = 1.0,
+            |p| {
+                p.temperature = 0.7;
+                p.top_k = 3
+            },
+            |p| {
+                p.temperature = 1.3;
+                p.top_p = 0.8
+            },
+        ];
+        let draws = 40_000;
+        for (si, set) in settings.iter().enumerate() {
+            let mut plain = Sampler::new(params(|p| {
+                set(p);
+                p.seed = Some(7)
+            }));
+            let mut want = [0usize; 6];
+            for _ in 0..draws {
+                want[plain.sample(&mut logits.clone()) as usize] += 1;
+            }
+            // Proposals: the likeliest token, an unlikely one, one that
+            // top-k or top-p drops.
+            for proposed in [0u32, 3, 5] {
+                let mut spec = Sampler::new(params(|p| {
+                    set(p);
+                    p.seed = Some(11 + proposed as u64)
+                }));
+                let mut got = [0usize; 6];
+                let mut accepted = 0;
+                for _ in 0..draws {
+                    let (t, ok) = spec.verify(&mut logits.clone(), proposed);
+                    assert_eq!(ok, t == proposed);
+                    accepted += ok as usize;
+                    got[t as usize] += 1;
+                }
+                for t in 0..6 {
+                    let (a, b) = (want[t] as f64 / draws as f64, got[t] as f64 / draws as f64);
+                    // Five standard errors of the difference of two proportions.
+                    let se = (2.0 * a.max(1e-4) * (1.0 - a) / draws as f64).sqrt();
+                    assert!(
+                        (a - b).abs() <= 5.0 * se + 1e-3,
+                        "setting {si}, proposal {proposed}, token {t}: {a:.4} vs {b:.4}"
+                    );
+                }
+                // A proposal is accepted as often as it would be drawn.
+                let rate = accepted as f64 / draws as f64;
+                let p = want[proposed as usize] as f64 / draws as f64;
+                assert!((rate - p).abs() < 0.02, "setting {si}: accepted {rate} vs p {p}");
+            }
+        }
+        // Greedy: accepted exactly when it is the argmax.
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.verify(&mut logits.clone(), 0), (0, true));
+        assert_eq!(g.verify(&mut logits.clone(), 4), (0, false));
     }
 }

@@ -13,6 +13,7 @@ use lampo_model::{KvStore, LoadedModel};
 
 use crate::generate::{GenerateParams, TokenLogprob};
 use crate::scheduler;
+use crate::speculate::{SpecMode, check_draft};
 
 /// One generation request.
 pub struct Request {
@@ -55,6 +56,12 @@ pub struct Load {
     pub prefix_hits: u64,
     /// Requests set back to waiting to free KV memory.
     pub preemptions: u64,
+    /// Speculative decoding: tokens proposed and accepted, by prompt lookup
+    /// and by the draft model.
+    pub ngram_proposed: u64,
+    pub ngram_accepted: u64,
+    pub draft_proposed: u64,
+    pub draft_accepted: u64,
 }
 
 /// Shared between the handle and the worker: the worker writes, metrics read.
@@ -68,6 +75,10 @@ pub(crate) struct Counters {
     pub prefix_queries: AtomicU64,
     pub prefix_hits: AtomicU64,
     pub preemptions: AtomicU64,
+    pub ngram_proposed: AtomicU64,
+    pub ngram_accepted: AtomicU64,
+    pub draft_proposed: AtomicU64,
+    pub draft_accepted: AtomicU64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +150,10 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Positions per KV block: the unit of allocation and of prefix reuse.
     pub block_size: usize,
+    /// Speculative decoding for every request.
+    pub speculation: SpecMode,
+    /// Most tokens proposed per step.
+    pub max_proposal: usize,
 }
 
 impl EngineConfig {
@@ -151,6 +166,8 @@ impl EngineConfig {
             kv_memory: 1 << 30,
             max_queue: 128,
             block_size: 16,
+            speculation: SpecMode::Off,
+            max_proposal: 8,
         }
     }
 
@@ -209,14 +226,29 @@ pub struct Engine {
 impl Engine {
     /// Starts a worker serving `model`, or says why `config` cannot work.
     pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Result<Engine, String> {
+        Engine::start_with_draft(model, None, config)
+    }
+
+    /// As `start`, with a draft model for speculative decoding (it must
+    /// share the model's vocabulary).
+    pub fn start_with_draft(
+        model: Arc<LoadedModel>,
+        draft: Option<Arc<LoadedModel>>,
+        config: EngineConfig,
+    ) -> Result<Engine, String> {
         let n_blocks = config.kv_blocks(&model)?;
+        if let Some(d) = &draft {
+            check_draft(&model, d)?;
+        } else if config.speculation == SpecMode::Draft {
+            return Err("speculation by a draft model needs a draft model".into());
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         counters.blocks_total.store(n_blocks, Ordering::Relaxed);
         let (lm, cfg, c) = (model.clone(), config.clone(), counters.clone());
         let worker = std::thread::Builder::new()
             .name("lampo-engine".into())
-            .spawn(move || scheduler::run(&lm, &cfg, n_blocks, rx, &c))
+            .spawn(move || scheduler::run(&lm, draft.as_deref(), &cfg, n_blocks, rx, &c))
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         Ok(Engine {
             model,
@@ -251,6 +283,10 @@ impl Engine {
             prefix_queries: get(&c.prefix_queries),
             prefix_hits: get(&c.prefix_hits),
             preemptions: get(&c.preemptions),
+            ngram_proposed: get(&c.ngram_proposed),
+            ngram_accepted: get(&c.ngram_accepted),
+            draft_proposed: get(&c.draft_proposed),
+            draft_accepted: get(&c.draft_accepted),
         }
     }
 

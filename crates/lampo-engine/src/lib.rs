@@ -8,6 +8,7 @@ pub mod generate;
 pub mod perplexity;
 pub mod sampling;
 mod scheduler;
+pub mod speculate;
 
 pub use engine::{
     Done, Engine, EngineConfig, Event, Finish, Load, Rejected, Request, Sink, StopMatcher,
@@ -15,5 +16,6 @@ pub use engine::{
 pub use generate::{FinishReason, GenerateParams, Generation, Session, TokenLogprob};
 pub use perplexity::{PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingParams};
+pub use speculate::SpecMode;
 
 pub use lampo_model::ModelError;

@@ -460,7 +460,10 @@ mod tests {
                 // A proposal is accepted as often as it would be drawn.
                 let rate = accepted as f64 / draws as f64;
                 let p = want[proposed as usize] as f64 / draws as f64;
-                assert!((rate - p).abs() < 0.02, "setting {si}: accepted {rate} vs p {p}");
+                assert!(
+                    (rate - p).abs() < 0.02,
+                    "setting {si}: accepted {rate} vs p {p}"
+                );
             }
         }
         // Greedy: accepted exactly when it is the argmax.

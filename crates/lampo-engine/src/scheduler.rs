@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lampo_model::{KvStore, LoadedModel, Logits, Sequence, StreamDecoder};
 
@@ -23,10 +23,12 @@ use crate::blocks::{BlockId, BlockKey, BlockPool, Lookup};
 use crate::engine::{Counters, Done, EngineConfig, Event, Finish, Job, Sink, StopMatcher};
 use crate::generate::{TokenLogprob, logprobs_of};
 use crate::sampling::Sampler;
+use crate::speculate::{DraftState, Proposer, SpecMode, Speculator, ngram_proposal};
 
 /// Serves jobs from `jobs` until every sender is gone and no work is left.
 pub(crate) fn run(
     lm: &LoadedModel,
+    draft: Option<&LoadedModel>,
     cfg: &EngineConfig,
     n_blocks: usize,
     jobs: mpsc::Receiver<Job>,
@@ -34,6 +36,7 @@ pub(crate) fn run(
 ) {
     let mut s = Scheduler {
         lm,
+        draft,
         cfg,
         store: KvStore::new(&lm.model.config, cfg.block_size, n_blocks),
         pool: BlockPool::new(n_blocks),
@@ -58,6 +61,7 @@ pub(crate) fn run(
 
 struct Scheduler<'a> {
     lm: &'a LoadedModel,
+    draft: Option<&'a LoadedModel>,
     cfg: &'a EngineConfig,
     store: KvStore,
     pool: BlockPool,
@@ -91,6 +95,11 @@ struct Seq {
     admission: u64,
     /// Set when the request has ended; it leaves at the end of the step.
     finish: Option<Finish>,
+    /// Speculative decoding, when on.
+    spec: Option<Speculator>,
+    /// This step's proposed tokens (appended to `tokens` until verified),
+    /// who proposed them, and how long proposing took.
+    proposal: Option<(Proposer, usize, Duration)>,
 }
 
 impl Seq {
@@ -136,7 +145,21 @@ impl Scheduler<'_> {
             started: false,
             admission: 0,
             finish: None,
+            spec: self.speculator(),
+            proposal: None,
         });
+    }
+
+    fn speculator(&self) -> Option<Speculator> {
+        let mode = self.cfg.speculation;
+        if mode == SpecMode::Off || self.cfg.max_proposal == 0 {
+            return None;
+        }
+        let draft = match (mode, self.draft) {
+            (SpecMode::Draft | SpecMode::Auto, Some(d)) => Some(DraftState::new(d, self.cfg.n_ctx)),
+            _ => None,
+        };
+        Some(Speculator::new(mode, draft, self.cfg.max_proposal))
     }
 
     fn step(&mut self) {
@@ -272,10 +295,11 @@ impl Scheduler<'_> {
                 continue;
             }
             if seq.computed / bs < seq.blocks.len() {
+                let n = 1 + self.propose(at);
                 plan.push(Planned {
                     at,
-                    n: 1,
-                    logits: Logits::Last,
+                    n,
+                    logits: if n > 1 { Logits::All } else { Logits::Last },
                 });
                 at += 1;
                 continue;
@@ -297,13 +321,17 @@ impl Scheduler<'_> {
                 }
             }
         }
-        let mut budget = self.cfg.step_tokens.saturating_sub(plan.len());
+        let mut budget = self
+            .cfg
+            .step_tokens
+            .saturating_sub(plan.iter().map(|p| p.n).sum());
         for (at, seq) in self.running.iter().enumerate() {
             let left = seq.tokens.len() - seq.computed;
             if budget == 0 {
                 break;
             }
-            if seq.finish.is_some() || left < 2 {
+            // Decoding requests (with or without a proposal) are planned already.
+            if seq.finish.is_some() || left < 2 || seq.proposal.is_some() {
                 continue;
             }
             let n = left.min(budget);
@@ -321,6 +349,56 @@ impl Scheduler<'_> {
         plan
     }
 
+    /// Appends request `at`'s proposed next tokens to its text, within the
+    /// room its blocks (and the free ones) give; returns how many.
+    fn propose(&mut self, at: usize) -> usize {
+        let bs = self.bs();
+        let (draft_model, n_ctx) = (self.draft, self.cfg.n_ctx);
+        let seq = &mut self.running[at];
+        // Room in the context and the answer for the proposal and the
+        // token after it.
+        let room = (n_ctx.saturating_sub(seq.tokens.len() + 1))
+            .min(seq.params.max_tokens.saturating_sub(seq.generated() + 1));
+        let Some(spec) = seq.spec.as_mut() else {
+            return 0;
+        };
+        let k = spec.budget().min(room);
+        if k == 0 {
+            return 0;
+        }
+        let start = Instant::now();
+        let mut proposer = Proposer::NGram;
+        let mut tokens = match spec.mode {
+            SpecMode::NGram | SpecMode::Auto => ngram_proposal(&seq.tokens, k),
+            _ => Vec::new(),
+        };
+        if tokens.is_empty()
+            && let (Some(state), Some(model)) = (spec.draft.as_mut(), draft_model)
+        {
+            proposer = Proposer::Draft;
+            // A failing draft only costs the speculation.
+            tokens = state.propose(model, &seq.tokens, k).unwrap_or_default();
+        }
+        // Blocks for the proposal's positions; without them, a shorter one.
+        let mut free = seq.blocks.len() * bs - seq.tokens.len();
+        while free < tokens.len() {
+            match self.pool.allocate() {
+                Some(id) => {
+                    seq.blocks.push(id);
+                    free += bs;
+                }
+                None => break,
+            }
+        }
+        tokens.truncate(free);
+        let n = tokens.len();
+        if n > 0 {
+            seq.tokens.extend(tokens);
+            seq.proposal = Some((proposer, n, start.elapsed()));
+        }
+        n
+    }
+
     /// The running request admitted last.
     fn youngest(&self) -> usize {
         (0..self.running.len())
@@ -333,6 +411,9 @@ impl Scheduler<'_> {
     /// the recomputation is often short).
     fn preempt(&mut self, at: usize) {
         let mut seq = self.running.remove(at);
+        if let Some((_, n, _)) = seq.proposal.take() {
+            seq.tokens.truncate(seq.tokens.len() - n);
+        }
         for id in seq.blocks.drain(..) {
             self.pool.release(id);
         }
@@ -362,6 +443,7 @@ impl Scheduler<'_> {
             .collect();
         let model = &self.lm.model;
         let store = &mut self.store;
+        let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| model.forward_batch(store, &seqs)));
         let logits = match result {
             Ok(Ok(logits)) => logits,
@@ -377,29 +459,61 @@ impl Scheduler<'_> {
                 return;
             }
         };
-        let bs = self.bs();
+        let step_time = started.elapsed();
         for (p, logits) in plan.iter().zip(logits) {
             let seq = &mut self.running[p.at];
+            if let Some((proposer, proposed, propose_time)) = seq.proposal.take() {
+                let before = seq.computed;
+                let accepted = verify(self.lm, self.cfg.n_ctx, seq, proposed, &logits);
+                seq.computed = before + 1 + accepted;
+                let produced = seq.tokens.len() - before - 1;
+                if let Some(spec) = seq.spec.as_mut() {
+                    spec.record(proposed, accepted, produced, step_time + propose_time);
+                    if let Some(d) = spec.draft.as_mut() {
+                        d.rollback(seq.computed);
+                    }
+                }
+                let c = self.counters;
+                let (p_count, a_count) = match proposer {
+                    Proposer::NGram => (&c.ngram_proposed, &c.ngram_accepted),
+                    Proposer::Draft => (&c.draft_proposed, &c.draft_accepted),
+                };
+                p_count.fetch_add(proposed as u64, Ordering::Relaxed);
+                a_count.fetch_add(accepted as u64, Ordering::Relaxed);
+                self.complete_blocks(p.at);
+                continue;
+            }
             let prompt_part =
                 (seq.computed + p.n).min(seq.n_prompt) - seq.computed.min(seq.n_prompt);
             self.counters
                 .prefill_tokens
                 .fetch_add(prompt_part as u64, Ordering::Relaxed);
+            let decoding = seq.tokens.len() - seq.computed == 1;
             seq.computed += p.n;
-            // Blocks now full of computed positions become findable.
-            let full = seq.computed / bs;
-            if seq.keys.len() < full {
-                let more = BlockKey::chain(&seq.tokens, bs, seq.keys.len(), seq.keys.last());
-                seq.keys.extend(more);
-            }
-            for k in seq.completed..full {
-                self.pool.complete(seq.blocks[k], &seq.keys[k]);
-            }
-            seq.completed = full;
             if p.logits == Logits::Last {
                 next_token(self.lm, self.cfg.n_ctx, seq, logits);
+                if decoding && let Some(spec) = seq.spec.as_mut() {
+                    spec.record(0, 0, 1, step_time);
+                }
             }
+            self.complete_blocks(p.at);
         }
+    }
+
+    /// Makes request `at`'s blocks that are now full of computed positions
+    /// findable by prefix.
+    fn complete_blocks(&mut self, at: usize) {
+        let bs = self.bs();
+        let seq = &mut self.running[at];
+        let full = seq.computed.min(seq.tokens.len()) / bs;
+        if seq.keys.len() < full {
+            let more = BlockKey::chain(&seq.tokens, bs, seq.keys.len(), seq.keys.last());
+            seq.keys.extend(more);
+        }
+        for k in seq.completed..full {
+            self.pool.complete(seq.blocks[k], &seq.keys[k]);
+        }
+        seq.completed = seq.completed.max(full);
     }
 
     /// Removes ended requests, frees their blocks and tells their sinks.
@@ -438,10 +552,43 @@ enum Admission {
 /// Samples the token after `seq`'s last computed position and delivers its
 /// text, setting `seq.finish` when the request is done.
 fn next_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, mut logits: Vec<f32>) {
-    let tok = &lm.tokenizer;
     // The sampler reshapes logits in place: keep the model's own.
     let raw = seq.params.logprobs.map(|_| logits.clone());
     let next = seq.sampler.sample(&mut logits);
+    deliver_token(lm, n_ctx, seq, next, raw);
+}
+
+/// Checks `seq`'s `proposed` tokens (the end of `seq.tokens`) against the
+/// model's logits at each of them (`logits`: the last computed token's
+/// and each proposal's, `n_vocab` each), delivering the accepted ones and
+/// then the model's own next token. Returns how many proposals were
+/// accepted; `seq.tokens` ends with the tokens delivered.
+fn verify(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, proposed: usize, logits: &[f32]) -> usize {
+    let n_vocab = lm.model.config.n_vocab;
+    let base = seq.tokens.len() - proposed;
+    let proposal: Vec<u32> = seq.tokens.drain(base..).collect();
+    let mut accepted = 0;
+    for (i, row) in logits.chunks_exact(n_vocab).enumerate() {
+        let mut row = row.to_vec();
+        let raw = seq.params.logprobs.map(|_| row.clone());
+        let (token, ok) = match proposal.get(i) {
+            Some(&d) => seq.sampler.verify(&mut row, d),
+            None => (seq.sampler.sample(&mut row), false),
+        };
+        deliver_token(lm, n_ctx, seq, token, raw);
+        if seq.finish.is_some() || !ok {
+            break;
+        }
+        accepted += 1;
+    }
+    accepted
+}
+
+/// Adds `next` to `seq`'s tokens and delivers its text (with its
+/// log-probabilities from `raw`, the model's logits), setting
+/// `seq.finish` when the request is done.
+fn deliver_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, next: u32, raw: Option<Vec<f32>>) {
+    let tok = &lm.tokenizer;
     seq.sampler.accept(next);
     seq.tokens.push(next);
     if tok.is_eog(next) {
@@ -450,14 +597,11 @@ fn next_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, mut logits: Vec<f32
     }
     let lp = raw.map(|raw| logprobs_of(&raw, next, seq.params.logprobs.unwrap_or(0)));
     let text = seq.output.decoder.push(tok.token_bytes(next));
-    match seq.output.push(&text, lp) {
-        Pushed::Text(event) => {
-            if !deliver(seq, event) {
-                seq.finish.get_or_insert(Finish::Cancelled);
-                return;
-            }
-        }
-        Pushed::Nothing => {}
+    if let Pushed::Text(event) = seq.output.push(&text, lp)
+        && !deliver(seq, event)
+    {
+        seq.finish.get_or_insert(Finish::Cancelled);
+        return;
     }
     if seq.output.hit_stop {
         seq.finish = Some(Finish::Stop);

@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use lampo_engine::{GenerateParams, SamplingParams, Session, perplexity};
+use lampo_engine::{
+    Engine, EngineConfig, Event, Finish, GenerateParams, Request, SamplingParams, Session,
+    perplexity,
+};
 use lampo_model::{Gguf, LoadedModel, Message};
 
 #[derive(Parser)]
@@ -143,6 +146,39 @@ impl SamplingArgs {
     }
 }
 
+/// Speculative decoding options, shared by `run` and `serve`.
+#[derive(Args, Clone)]
+pub struct SpecArgs {
+    /// Speculative decoding: ngram (prompt lookup), draft (needs --draft),
+    /// auto (prompt lookup when it finds a match, else the draft), off
+    #[arg(long, default_value = "off")]
+    pub spec: lampo_engine::SpecMode,
+    /// Draft model for speculation (same vocabulary as the model), e.g. qwen05b for qwen15b
+    #[arg(long)]
+    pub draft: Option<String>,
+    /// Most tokens proposed per step
+    #[arg(long, default_value_t = 8)]
+    pub max_proposal: usize,
+}
+
+impl SpecArgs {
+    /// The draft model, loaded, if one was named.
+    pub fn load_draft(&self, threads: usize) -> Result<Option<std::sync::Arc<LoadedModel>>> {
+        let Some(name) = &self.draft else {
+            if self.spec == lampo_engine::SpecMode::Draft {
+                bail!("--spec draft needs --draft MODEL");
+            }
+            return Ok(None);
+        };
+        let args = ModelArgs {
+            model: Some(name.clone()),
+            threads,
+            f32_activations: false,
+        };
+        Ok(Some(std::sync::Arc::new(load(&args)?)))
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
@@ -158,6 +194,8 @@ struct RunArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Print timing to stderr after the completion
     #[arg(long)]
     stats: bool,
@@ -251,41 +289,84 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     } else {
         lm.tokenizer.encode(&a.prompt, true, false)?
     };
-    let mut session = Session::new(&lm, a.sampling.ctx);
+    let draft = a.spec.load_draft(a.model.threads)?;
+    let ctx = a.sampling.ctx;
+    // One request: the whole prompt in one step, KV memory for one context.
+    let block = lampo_model::KvStore::block_bytes(&lm.model.config, 16);
+    let config = EngineConfig {
+        max_batch: 1,
+        step_tokens: ctx.max(1),
+        kv_memory: (ctx + 1).div_ceil(16) * block + block,
+        speculation: a.spec.spec,
+        max_proposal: a.spec.max_proposal,
+        ..EngineConfig::new(ctx)
+    };
+    let engine = Engine::start_with_draft(std::sync::Arc::new(lm), draft, config)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let request = Request {
+        prompt: prompt.clone(),
+        params,
+        stop: Vec::new(),
+        timeout: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let submitted = Instant::now();
+    engine
+        .submit(request, move |e| tx.send(e).is_ok())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut stdout = std::io::stdout().lock();
-    let mut write_failed = None;
-    let g = session.generate(&prompt, &params, |text| {
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|_| stdout.flush())
-        {
-            Ok(()) => true,
-            Err(e) => {
-                write_failed = Some(e);
-                false
+    let (mut first, mut last, mut done) = (None, None, None);
+    for event in rx {
+        match event {
+            Event::Text { text, .. } => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+                if let Err(e) = stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|_| stdout.flush())
+                {
+                    // A closed pipe (e.g. `| head`) ends the run quietly.
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(e).context("writing to stdout");
+                }
             }
+            Event::Done(d) => done = Some(d),
+            Event::Started => {}
         }
-    })?;
-    if let Some(e) = write_failed {
-        // A closed pipe (e.g. `| head`) ends the run quietly.
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            return Ok(());
-        }
-        return Err(e).context("writing to stdout");
     }
     writeln!(stdout).ok();
+    let done = done.context("the engine ended without a result")?;
+    if let Finish::Error(e) = &done.finish {
+        bail!("generation failed: {e}");
+    }
     if a.stats {
-        let secs = |d: std::time::Duration| d.as_secs_f64().max(1e-9);
+        let load = engine.load();
+        let (first, last) = (first.unwrap_or(submitted), last.unwrap_or(submitted));
+        let prefill = (first - submitted).as_secs_f64().max(1e-9);
+        let decode = (last - first).as_secs_f64().max(1e-9);
         eprintln!(
-            "prompt: {} tokens in {:.2} s ({:.1} t/s); generated: {} tokens in {:.2} s ({:.1} t/s); finish: {:?}",
-            g.prompt_evaluated,
-            g.prefill_time.as_secs_f64(),
-            g.prompt_evaluated as f64 / secs(g.prefill_time),
-            g.tokens.len(),
-            g.decode_time.as_secs_f64(),
-            g.tokens.len() as f64 / secs(g.decode_time),
-            g.finish
+            "prompt: {} tokens in {prefill:.2} s ({:.1} t/s, first token included); generated: {} tokens, {:.1} t/s after the first; finish: {:?}",
+            load.prefill_tokens,
+            load.prefill_tokens as f64 / prefill,
+            done.completion_tokens,
+            done.completion_tokens.saturating_sub(1) as f64 / decode,
+            done.finish
         );
+        if a.spec.spec != lampo_engine::SpecMode::Off {
+            let rate = |acc: u64, prop: u64| 100.0 * acc as f64 / prop.max(1) as f64;
+            eprintln!(
+                "speculation: prompt lookup proposed {} and {} accepted ({:.0}%); draft proposed {} and {} accepted ({:.0}%)",
+                load.ngram_proposed,
+                load.ngram_accepted,
+                rate(load.ngram_accepted, load.ngram_proposed),
+                load.draft_proposed,
+                load.draft_accepted,
+                rate(load.draft_accepted, load.draft_proposed)
+            );
+        }
     }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub struct ServeArgs {
     /// Seconds a request may take, queueing included (0: no limit)
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
+    #[command(flatten)]
+    spec: crate::SpecArgs,
 }
 
 /// Bytes from a size such as `512MiB`, `2GiB`, `1.5G` or a plain number.
@@ -107,8 +109,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_queue: a.max_queue,
             kv_memory: a.kv_memory,
             step_tokens: a.step_tokens,
+            speculation: a.spec.spec,
+            max_proposal: a.spec.max_proposal,
             ..EngineConfig::new(a.ctx)
         };
+        let spec = a.spec.clone();
+        let threads = a.model.threads;
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut lm = LoadedModel::load(&path)
                 .with_context(|| format!("cannot load {}", path.display()))?;
@@ -116,7 +122,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 lm.model.set_activations(lampo_kernels::Activations::F32);
             }
             config.n_ctx = config.n_ctx.min(lm.model.config.n_ctx_train.max(1));
-            let engine = Engine::start(Arc::new(lm), config.clone())
+            let draft = spec.load_draft(threads)?;
+            let engine = Engine::start_with_draft(Arc::new(lm), draft, config.clone())
                 .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
             let _ = loading.engine.set(engine);
             println!(

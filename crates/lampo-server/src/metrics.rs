@@ -73,6 +73,14 @@ pub fn handle() -> &'static PrometheusHandle {
             "Requests set back to waiting to free KV memory."
         );
         metrics::describe_counter!(
+            "vllm:spec_decode_num_draft_tokens_total",
+            "Tokens proposed by speculative decoding, by proposer (ngram, draft)."
+        );
+        metrics::describe_counter!(
+            "vllm:spec_decode_num_accepted_tokens_total",
+            "Proposed tokens the model accepted, by proposer."
+        );
+        metrics::describe_counter!(
             "lampo_prefill_tokens_total",
             "Prompt positions computed, recomputation included."
         );
@@ -97,6 +105,17 @@ pub fn render(model: &str, load: Option<Load>) -> String {
         counter!("vllm:prefix_cache_hits_total", &label).absolute(load.prefix_hits);
         counter!("vllm:num_preemptions_total", &label).absolute(load.preemptions);
         counter!("lampo_prefill_tokens_total", &label).absolute(load.prefill_tokens);
+        for (proposer, proposed, accepted) in [
+            ("ngram", load.ngram_proposed, load.ngram_accepted),
+            ("draft", load.draft_proposed, load.draft_accepted),
+        ] {
+            let labels = [
+                ("model_name", model.to_string()),
+                ("proposer", proposer.to_string()),
+            ];
+            counter!("vllm:spec_decode_num_draft_tokens_total", &labels).absolute(proposed);
+            counter!("vllm:spec_decode_num_accepted_tokens_total", &labels).absolute(accepted);
+        }
     }
     h.render()
 }

@@ -30,10 +30,13 @@ fn loaded() -> Arc<LoadedModel> {
 
 /// A server on a free port; `ctx` tokens of context, an optional API key.
 async fn serve(ctx: usize, api_key: Option<&str>) -> SocketAddr {
+    serve_with(EngineConfig::new(ctx), api_key).await
+}
+
+/// As `serve`, with the engine configured by `config`.
+async fn serve_with(config: EngineConfig, api_key: Option<&str>) -> SocketAddr {
     let state = Arc::new(AppState::new(MODEL.into(), api_key.map(String::from)));
-    let _ = state
-        .engine
-        .set(Engine::start(loaded(), EngineConfig::new(ctx)).unwrap());
+    let _ = state.engine.set(Engine::start(loaded(), config).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -519,6 +522,8 @@ async fn metrics_show_latency_histograms_and_load_and_request_ids_echo() {
         "vllm:num_requests_waiting",
         "vllm:num_requests_running",
         "vllm:kv_cache_usage_perc",
+        "vllm:spec_decode_num_draft_tokens_total{model_name=\"smollm2\",proposer=\"ngram\"}",
+        "vllm:spec_decode_num_accepted_tokens_total{model_name=\"smollm2\",proposer=\"draft\"}",
         "lampo_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
@@ -906,4 +911,58 @@ async fn overload_is_refused_with_429_and_departed_clients_free_their_place() {
     })
     .await;
     assert_eq!(state.engine.get().unwrap().load().prefill_tokens, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn speculation_streams_the_same_answers_and_is_counted() {
+    let plain = serve(1024, None).await;
+    let spec = serve_with(
+        EngineConfig {
+            speculation: lampo_engine::SpecMode::NGram,
+            ..EngineConfig::new(1024)
+        },
+        None,
+    )
+    .await;
+    const PROMPT: &str =
+        "Copy this list exactly: apples, pears, plums, cherries, grapes, lemons.\nCopy: apples,";
+    let body = |stream: bool| json!({"model": MODEL, "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "stream": stream});
+    let (status, want) = post(plain, "/v1/completions", body(false)).await;
+    assert_eq!(status, 200, "{want}");
+    let want = want["choices"][0]["text"].as_str().unwrap().to_string();
+    // Two streams at once on the speculating server.
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                http(
+                    spec,
+                    "POST",
+                    "/v1/completions",
+                    &[],
+                    body(true).to_string().as_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for s in streams {
+        let (status, text) = s.await.unwrap();
+        assert_eq!(status, 200);
+        let got: String = events(&text)
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| {
+                let v: Value = serde_json::from_str(e).unwrap();
+                v["choices"][0]["text"].as_str().unwrap_or("").to_string()
+            })
+            .collect();
+        assert_eq!(got, want, "speculation changed the greedy answer");
+    }
+    let (_, metrics) = http(spec, "GET", "/metrics", &[], b"").await;
+    let proposed = metrics
+        .lines()
+        .find(|l| l.starts_with("vllm:spec_decode_num_draft_tokens_total") && l.contains("ngram"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(proposed > 0.0, "{metrics}");
 }

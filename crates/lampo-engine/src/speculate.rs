@@ -169,11 +169,13 @@ pub struct Speculator {
 #[derive(Clone, Copy, Default)]
 struct Rate {
     seconds_per_token: Option<f64>,
+    steps: usize,
 }
 
 impl Rate {
     fn add(&mut self, seconds: f64, tokens: usize) {
         let s = seconds / tokens.max(1) as f64;
+        self.steps += 1;
         self.seconds_per_token = Some(match self.seconds_per_token {
             Some(old) => 0.8 * old + 0.2 * s,
             None => s,
@@ -186,6 +188,8 @@ impl Rate {
 /// on or off.
 const RETRIAL_EVERY: usize = 64;
 const TRIAL_STEPS: usize = 4;
+/// Steps of each kind measured before one is judged slower.
+const MIN_STEPS: usize = 8;
 
 impl Speculator {
     pub fn new(mode: SpecMode, draft: Option<DraftState>, max_k: usize) -> Speculator {
@@ -213,8 +217,12 @@ impl Speculator {
             self.plain_steps = TRIAL_STEPS - 1;
             return 0;
         }
-        // Off while plain decoding has measured faster, until the next trial.
-        if let (Some(w), Some(p)) = (self.with.seconds_per_token, self.without.seconds_per_token)
+        // Off while plain decoding has measured faster (over enough steps
+        // of each), until the next trial.
+        if self.with.steps >= MIN_STEPS
+            && self.without.steps >= MIN_STEPS
+            && let (Some(w), Some(p)) =
+                (self.with.seconds_per_token, self.without.seconds_per_token)
             && w > p * 1.02
             && !self.steps.is_multiple_of(RETRIAL_EVERY / 4)
         {
@@ -272,7 +280,7 @@ mod tests {
         }
         assert_eq!(s.k, 1, "none accepted: the shortest");
         // Plain steps measure faster: speculation pauses.
-        for _ in 0..5 {
+        for _ in 0..MIN_STEPS {
             s.record(0, 0, 1, Duration::from_millis(5));
         }
         let on = (0..32).filter(|_| s.budget() > 0).count();

@@ -156,8 +156,8 @@ pub struct SpecArgs {
     /// Draft model for speculation (same vocabulary as the model), e.g. qwen05b for qwen15b
     #[arg(long)]
     pub draft: Option<String>,
-    /// Most tokens proposed per step
-    #[arg(long, default_value_t = 8)]
+    /// Most tokens proposed per step (the draft model proposes at most 8)
+    #[arg(long, default_value_t = 16)]
     pub max_proposal: usize,
 }
 

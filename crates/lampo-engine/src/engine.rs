@@ -167,7 +167,7 @@ impl EngineConfig {
             max_queue: 128,
             block_size: 16,
             speculation: SpecMode::Off,
-            max_proposal: 8,
+            max_proposal: 16,
         }
     }
 

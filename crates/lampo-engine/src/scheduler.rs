@@ -362,16 +362,18 @@ impl Scheduler<'_> {
         let Some(spec) = seq.spec.as_mut() else {
             return 0;
         };
-        let k = spec.budget().min(room);
-        if k == 0 {
+        if room == 0 || !spec.active() {
             return 0;
         }
         let start = Instant::now();
         let mut proposer = Proposer::NGram;
         let mut tokens = match spec.mode {
-            SpecMode::NGram | SpecMode::Auto => ngram_proposal(&seq.tokens, k),
+            SpecMode::NGram | SpecMode::Auto => {
+                ngram_proposal(&seq.tokens, spec.length(Proposer::NGram).min(room))
+            }
             _ => Vec::new(),
         };
+        let k = spec.length(Proposer::Draft).min(room);
         if tokens.is_empty()
             && let (Some(state), Some(model)) = (spec.draft.as_mut(), draft_model)
         {
@@ -468,7 +470,13 @@ impl Scheduler<'_> {
                 seq.computed = before + 1 + accepted;
                 let produced = seq.tokens.len() - before - 1;
                 if let Some(spec) = seq.spec.as_mut() {
-                    spec.record(proposed, accepted, produced, step_time + propose_time);
+                    spec.record(
+                        proposer,
+                        proposed,
+                        accepted,
+                        produced,
+                        step_time + propose_time,
+                    );
                     if let Some(d) = spec.draft.as_mut() {
                         d.rollback(seq.computed);
                     }
@@ -493,7 +501,7 @@ impl Scheduler<'_> {
             if p.logits == Logits::Last {
                 next_token(self.lm, self.cfg.n_ctx, seq, logits);
                 if decoding && let Some(spec) = seq.spec.as_mut() {
-                    spec.record(0, 0, 1, step_time);
+                    spec.record_plain(step_time);
                 }
             }
             self.complete_blocks(p.at);

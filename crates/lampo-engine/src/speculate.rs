@@ -147,16 +147,13 @@ impl DraftState {
     }
 }
 
-/// One request's speculation: its proposer state, how many tokens it
-/// proposes, and the measurements that choose.
+/// One request's speculation: its proposer state, how many tokens each
+/// proposer offers, and the measurements that decide whether to speculate.
 pub struct Speculator {
     pub mode: SpecMode,
     pub draft: Option<DraftState>,
-    /// Tokens proposed per step now (adapted to the acceptance rate).
-    k: usize,
-    max_k: usize,
-    /// Share of proposed tokens accepted (moving average).
-    acceptance: f64,
+    ngram: Length,
+    drafted: Length,
     /// Seconds per generated token with speculation and without (moving
     /// averages of whole steps, draft time included).
     with: Rate,
@@ -164,6 +161,39 @@ pub struct Speculator {
     /// Steps left in the current trial of plain decoding.
     plain_steps: usize,
     steps: usize,
+}
+
+/// How many tokens a proposer offers, from how many it got accepted.
+#[derive(Clone, Copy)]
+struct Length {
+    k: usize,
+    max_k: usize,
+    /// Share of proposed tokens accepted (moving average).
+    acceptance: f64,
+}
+
+impl Length {
+    fn new(max_k: usize) -> Length {
+        Length {
+            k: max_k.min(4),
+            max_k,
+            acceptance: 0.7,
+        }
+    }
+
+    fn record(&mut self, proposed: usize, accepted: usize) {
+        let rate = accepted as f64 / proposed as f64;
+        self.acceptance = 0.7 * self.acceptance + 0.3 * rate;
+        self.k = if accepted == proposed {
+            // All accepted: a long run is likely going on (copied text).
+            (self.k * 2).min(self.max_k)
+        } else {
+            // Propose as far as a proposal is still likely to survive: the
+            // chance that all of k tokens are accepted stays above a quarter.
+            let a = self.acceptance.clamp(0.05, 0.97);
+            ((0.25f64.ln() / a.ln()).floor() as usize).clamp(1, self.max_k)
+        };
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -190,15 +220,17 @@ const RETRIAL_EVERY: usize = 64;
 const TRIAL_STEPS: usize = 4;
 /// Steps of each kind measured before one is judged slower.
 const MIN_STEPS: usize = 8;
+/// Most tokens the draft model proposes per step: each costs a draft
+/// forward pass, unlike a prompt-lookup proposal.
+const DRAFT_MAX: usize = 8;
 
 impl Speculator {
     pub fn new(mode: SpecMode, draft: Option<DraftState>, max_k: usize) -> Speculator {
         Speculator {
             mode,
             draft,
-            k: max_k.min(4),
-            max_k,
-            acceptance: 0.7,
+            ngram: Length::new(max_k),
+            drafted: Length::new(max_k.min(DRAFT_MAX)),
             with: Rate::default(),
             without: Rate::default(),
             plain_steps: 0,
@@ -206,16 +238,16 @@ impl Speculator {
         }
     }
 
-    /// Whether this step should speculate, and with how many tokens at most.
-    pub fn budget(&mut self) -> usize {
+    /// Whether this step should speculate at all.
+    pub fn active(&mut self) -> bool {
         self.steps += 1;
         if self.plain_steps > 0 {
             self.plain_steps -= 1;
-            return 0;
+            return false;
         }
         if self.steps.is_multiple_of(RETRIAL_EVERY) {
             self.plain_steps = TRIAL_STEPS - 1;
-            return 0;
+            return false;
         }
         // Off while plain decoding has measured faster (over enough steps
         // of each), until the next trial.
@@ -226,28 +258,40 @@ impl Speculator {
             && w > p * 1.02
             && !self.steps.is_multiple_of(RETRIAL_EVERY / 4)
         {
-            return 0;
+            return false;
         }
-        self.k
+        true
     }
 
-    /// Records a step: `proposed` tokens proposed (0: a plain step),
-    /// `accepted` of them accepted, `produced` tokens generated, in `time`
-    /// (the whole step, proposal included).
-    pub fn record(&mut self, proposed: usize, accepted: usize, produced: usize, time: Duration) {
-        let secs = time.as_secs_f64();
-        if proposed == 0 {
-            self.without.add(secs, produced);
-            return;
+    /// How many tokens `proposer` should propose now.
+    pub fn length(&self, proposer: Proposer) -> usize {
+        match proposer {
+            Proposer::NGram => self.ngram.k,
+            Proposer::Draft => self.drafted.k,
         }
-        self.with.add(secs, produced);
-        let rate = accepted as f64 / proposed as f64;
-        self.acceptance = 0.8 * self.acceptance + 0.2 * rate;
-        // Propose as far as a proposal is still likely to survive: the
-        // chance that all of k tokens are accepted stays above a quarter.
-        let a = self.acceptance.clamp(0.05, 0.97);
-        let k = (0.25f64.ln() / a.ln()).floor() as usize;
-        self.k = k.clamp(1, self.max_k);
+    }
+
+    /// Records a step without a proposal: one token in `time`.
+    pub fn record_plain(&mut self, time: Duration) {
+        self.without.add(time.as_secs_f64(), 1);
+    }
+
+    /// Records a step in which `proposer` proposed `proposed` tokens and
+    /// `accepted` were, `produced` tokens generated, in `time` (the whole
+    /// step, proposal included).
+    pub fn record(
+        &mut self,
+        proposer: Proposer,
+        proposed: usize,
+        accepted: usize,
+        produced: usize,
+        time: Duration,
+    ) {
+        self.with.add(time.as_secs_f64(), produced);
+        match proposer {
+            Proposer::NGram => self.ngram.record(proposed, accepted),
+            Proposer::Draft => self.drafted.record(proposed, accepted),
+        }
     }
 }
 
@@ -270,20 +314,27 @@ mod tests {
 
     #[test]
     fn proposals_grow_with_acceptance_and_stop_when_slower() {
-        let mut s = Speculator::new(SpecMode::NGram, None, 8);
-        for _ in 0..20 {
-            s.record(4, 4, 5, Duration::from_millis(10));
+        let mut s = Speculator::new(SpecMode::Auto, None, 16);
+        let ms = Duration::from_millis;
+        for _ in 0..6 {
+            let k = s.length(Proposer::NGram);
+            s.record(Proposer::NGram, k, k, k + 1, ms(10));
         }
-        assert_eq!(s.budget(), 8, "all accepted: the longest proposals");
-        for _ in 0..20 {
-            s.record(4, 0, 1, Duration::from_millis(10));
+        assert_eq!(s.length(Proposer::NGram), 16, "all accepted: the longest");
+        assert_eq!(s.length(Proposer::Draft), 4, "each proposer adapts alone");
+        for _ in 0..8 {
+            s.record(Proposer::Draft, 8, 8, 9, ms(10));
         }
-        assert_eq!(s.k, 1, "none accepted: the shortest");
+        assert_eq!(s.length(Proposer::Draft), DRAFT_MAX);
+        for _ in 0..20 {
+            s.record(Proposer::NGram, 4, 0, 1, ms(10));
+        }
+        assert_eq!(s.length(Proposer::NGram), 1, "none accepted: the shortest");
         // Plain steps measure faster: speculation pauses.
         for _ in 0..MIN_STEPS {
-            s.record(0, 0, 1, Duration::from_millis(5));
+            s.record_plain(ms(5));
         }
-        let on = (0..32).filter(|_| s.budget() > 0).count();
+        let on = (0..32).filter(|_| s.active()).count();
         assert!(on <= 2, "speculated {on} of 32 steps while slower");
     }
 }

@@ -213,13 +213,13 @@ impl Rate {
     }
 }
 
-/// Every this many steps, a request measures plain decoding again for a
-/// few steps, so that a changed load or text can turn speculation back
-/// on or off.
-const RETRIAL_EVERY: usize = 64;
-const TRIAL_STEPS: usize = 4;
-/// Steps of each kind measured before one is judged slower.
-const MIN_STEPS: usize = 8;
+/// A request's first steps decode plainly, and every this many steps it
+/// measures plain decoding again for a few steps, so that speculation
+/// is judged against a fresh baseline as the load and the text change.
+const RETRIAL_EVERY: usize = 32;
+const TRIAL_STEPS: usize = 3;
+/// Steps with speculation measured before it can be judged slower.
+const MIN_STEPS: usize = 4;
 /// Most tokens the draft model proposes per step: each costs a draft
 /// forward pass, unlike a prompt-lookup proposal.
 const DRAFT_MAX: usize = 8;
@@ -233,7 +233,7 @@ impl Speculator {
             drafted: Length::new(max_k.min(DRAFT_MAX)),
             with: Rate::default(),
             without: Rate::default(),
-            plain_steps: 0,
+            plain_steps: TRIAL_STEPS,
             steps: 0,
         }
     }
@@ -252,11 +252,11 @@ impl Speculator {
         // Off while plain decoding has measured faster (over enough steps
         // of each), until the next trial.
         if self.with.steps >= MIN_STEPS
-            && self.without.steps >= MIN_STEPS
+            && self.without.steps >= TRIAL_STEPS
             && let (Some(w), Some(p)) =
                 (self.with.seconds_per_token, self.without.seconds_per_token)
             && w > p * 1.02
-            && !self.steps.is_multiple_of(RETRIAL_EVERY / 4)
+            && !self.steps.is_multiple_of(RETRIAL_EVERY / 2)
         {
             return false;
         }
@@ -315,6 +315,9 @@ mod tests {
     #[test]
     fn proposals_grow_with_acceptance_and_stop_when_slower() {
         let mut s = Speculator::new(SpecMode::Auto, None, 16);
+        // The first steps measure plain decoding.
+        assert!((0..TRIAL_STEPS).all(|_| !s.active()));
+        assert!(s.active());
         let ms = Duration::from_millis;
         for _ in 0..6 {
             let k = s.length(Proposer::NGram);
@@ -331,7 +334,7 @@ mod tests {
         }
         assert_eq!(s.length(Proposer::NGram), 1, "none accepted: the shortest");
         // Plain steps measure faster: speculation pauses.
-        for _ in 0..MIN_STEPS {
+        for _ in 0..TRIAL_STEPS {
             s.record_plain(ms(5));
         }
         let on = (0..32).filter(|_| s.active()).count();

@@ -99,7 +99,7 @@ struct Seq {
     spec: Option<Speculator>,
     /// This step's proposed tokens (appended to `tokens` until verified),
     /// who proposed them, and how long proposing took.
-    proposal: Option<(Proposer, usize, Duration)>,
+    proposal: Option<(Proposer, usize, Option<Duration>)>,
 }
 
 impl Seq {
@@ -107,6 +107,10 @@ impl Seq {
         self.tokens.len() - self.n_prompt
     }
 }
+
+/// Tokens a draft may read before proposing and still have its proposal
+/// timed (more means it is reading the prompt).
+const CATCH_UP: usize = 8;
 
 /// A request's part of the next forward pass.
 struct Planned {
@@ -367,6 +371,7 @@ impl Scheduler<'_> {
         }
         let start = Instant::now();
         let mut proposer = Proposer::NGram;
+        let mut catching_up = false;
         let mut tokens = match spec.mode {
             SpecMode::NGram | SpecMode::Auto => {
                 ngram_proposal(&seq.tokens, spec.length(Proposer::NGram).min(room))
@@ -378,6 +383,7 @@ impl Scheduler<'_> {
             && let (Some(state), Some(model)) = (spec.draft.as_mut(), draft_model)
         {
             proposer = Proposer::Draft;
+            catching_up = state.behind(&seq.tokens) > CATCH_UP;
             // A failing draft only costs the speculation.
             tokens = state.propose(model, &seq.tokens, k).unwrap_or_default();
         }
@@ -396,7 +402,10 @@ impl Scheduler<'_> {
         let n = tokens.len();
         if n > 0 {
             seq.tokens.extend(tokens);
-            seq.proposal = Some((proposer, n, start.elapsed()));
+            // A proposal that first read many tokens into the draft (the
+            // prompt, or text after plain steps) is not timed.
+            let time = (!catching_up).then(|| start.elapsed());
+            seq.proposal = Some((proposer, n, time));
         }
         n
     }
@@ -475,7 +484,7 @@ impl Scheduler<'_> {
                         proposed,
                         accepted,
                         produced,
-                        step_time + propose_time,
+                        propose_time.map(|t| t + step_time),
                     );
                     if let Some(d) = spec.draft.as_mut() {
                         d.rollback(seq.computed);

@@ -112,6 +112,12 @@ impl DraftState {
         }
     }
 
+    /// Tokens of `tokens` the draft has not seen yet (the whole prompt at
+    /// first): what the next proposal computes before proposing.
+    pub fn behind(&self, tokens: &[u32]) -> usize {
+        tokens.len() - self.kv.len().min(tokens.len())
+    }
+
     /// The draft's greedy continuation of `tokens`, `k` tokens long (fewer
     /// near the end of the context). Positions it already holds are not
     /// recomputed.
@@ -278,16 +284,20 @@ impl Speculator {
 
     /// Records a step in which `proposer` proposed `proposed` tokens and
     /// `accepted` were, `produced` tokens generated, in `time` (the whole
-    /// step, proposal included).
+    /// step, proposal included; `None` for a step whose time says nothing
+    /// about speculation's speed, such as the draft's first reading of the
+    /// prompt).
     pub fn record(
         &mut self,
         proposer: Proposer,
         proposed: usize,
         accepted: usize,
         produced: usize,
-        time: Duration,
+        time: Option<Duration>,
     ) {
-        self.with.add(time.as_secs_f64(), produced);
+        if let Some(time) = time {
+            self.with.add(time.as_secs_f64(), produced);
+        }
         match proposer {
             Proposer::NGram => self.ngram.record(proposed, accepted),
             Proposer::Draft => self.drafted.record(proposed, accepted),
@@ -321,16 +331,16 @@ mod tests {
         let ms = Duration::from_millis;
         for _ in 0..6 {
             let k = s.length(Proposer::NGram);
-            s.record(Proposer::NGram, k, k, k + 1, ms(10));
+            s.record(Proposer::NGram, k, k, k + 1, Some(ms(10)));
         }
         assert_eq!(s.length(Proposer::NGram), 16, "all accepted: the longest");
         assert_eq!(s.length(Proposer::Draft), 4, "each proposer adapts alone");
         for _ in 0..8 {
-            s.record(Proposer::Draft, 8, 8, 9, ms(10));
+            s.record(Proposer::Draft, 8, 8, 9, Some(ms(10)));
         }
         assert_eq!(s.length(Proposer::Draft), DRAFT_MAX);
         for _ in 0..20 {
-            s.record(Proposer::NGram, 4, 0, 1, ms(10));
+            s.record(Proposer::NGram, 4, 0, 1, Some(ms(10)));
         }
         assert_eq!(s.length(Proposer::NGram), 1, "none accepted: the shortest");
         // Plain steps measure faster: speculation pauses.

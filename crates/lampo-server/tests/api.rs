@@ -35,12 +35,31 @@ async fn serve(ctx: usize, api_key: Option<&str>) -> SocketAddr {
 
 /// As `serve`, with the engine configured by `config`.
 async fn serve_with(config: EngineConfig, api_key: Option<&str>) -> SocketAddr {
+    serve_state(config, api_key).await.1
+}
+
+/// As `serve_with`, also returning the server's state (to read the
+/// engine's load or cut requests).
+async fn serve_state(config: EngineConfig, api_key: Option<&str>) -> (Arc<AppState>, SocketAddr) {
     let state = Arc::new(AppState::new(MODEL.into(), api_key.map(String::from)));
     let _ = state.engine.set(Engine::start(loaded(), config).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    addr
+    tokio::spawn({
+        let state = state.clone();
+        async move { axum::serve(listener, router(state)).await }
+    });
+    (state, addr)
+}
+
+/// A `logit_bias` that bans every end-of-generation token, so that only
+/// `max_tokens` (or a cut) ends a request.
+fn no_end_bias() -> serde_json::Map<String, Value> {
+    let lm = loaded();
+    (0..lm.model.config.n_vocab as u32)
+        .filter(|&t| lm.tokenizer.is_eog(t))
+        .map(|t| (t.to_string(), json!(-100)))
+        .collect()
 }
 
 /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
@@ -734,22 +753,9 @@ fn collect_fields(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cutting_requests_at_shutdown_ends_streams_well_formed() {
-    let state = Arc::new(AppState::new(MODEL.into(), None));
-    let _ = state
-        .engine
-        .set(Engine::start(loaded(), EngineConfig::new(2048)).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn({
-        let state = state.clone();
-        async move { axum::serve(listener, router(state)).await }
-    });
+    let (state, addr) = serve_state(EngineConfig::new(2048), None).await;
     // End-of-text tokens banned, so only the cut can end it early.
-    let lm = loaded();
-    let bias: serde_json::Map<String, Value> = (0..lm.model.config.n_vocab as u32)
-        .filter(|&t| lm.tokenizer.is_eog(t))
-        .map(|t| (t.to_string(), json!(-100)))
-        .collect();
+    let bias = no_end_bias();
     let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 1.0,
                      "seed": 1, "stream": true, "logit_bias": bias});
     let started = std::time::Instant::now();
@@ -832,24 +838,13 @@ async fn until_load(state: &AppState, what: &str, cond: impl Fn(&lampo_engine::L
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_is_refused_with_429_and_departed_clients_free_their_place() {
-    let state = Arc::new(AppState::new(MODEL.into(), None));
     let config = EngineConfig {
         max_batch: 1,
         max_queue: 1,
         ..EngineConfig::new(2048)
     };
-    let _ = state.engine.set(Engine::start(loaded(), config).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn({
-        let state = state.clone();
-        async move { axum::serve(listener, router(state)).await }
-    });
-    let lm = loaded();
-    let bias: serde_json::Map<String, Value> = (0..lm.model.config.n_vocab as u32)
-        .filter(|&t| lm.tokenizer.is_eog(t))
-        .map(|t| (t.to_string(), json!(-100)))
-        .collect();
+    let (state, addr) = serve_state(config, None).await;
+    let bias = no_end_bias();
     let endless = |stream: bool| {
         json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0,
                "stream": stream, "logit_bias": bias})

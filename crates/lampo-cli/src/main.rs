@@ -292,15 +292,15 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let draft = a.spec.load_draft(a.model.threads)?;
     let ctx = a.sampling.ctx;
     // One request: the whole prompt in one step, KV memory for one context.
-    let block = lampo_model::KvStore::block_bytes(&lm.model.config, 16);
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         max_batch: 1,
         step_tokens: ctx.max(1),
-        kv_memory: (ctx + 1).div_ceil(16) * block + block,
         speculation: a.spec.spec,
         max_proposal: a.spec.max_proposal,
         ..EngineConfig::new(ctx)
     };
+    let block = lampo_model::KvStore::block_bytes(&lm.model.config, config.block_size);
+    config.kv_memory = ((ctx + 1).div_ceil(config.block_size) + 1) * block;
     let engine = Engine::start_with_draft(std::sync::Arc::new(lm), draft, config)
         .map_err(|e| anyhow::anyhow!(e))?;
     let request = Request {

@@ -106,6 +106,29 @@ impl Seq {
     fn generated(&self) -> usize {
         self.tokens.len() - self.n_prompt
     }
+
+    /// Names the full blocks of `tokens` up to block `full`, those not
+    /// named yet.
+    fn extend_keys(&mut self, block_size: usize, full: usize) {
+        if self.keys.len() < full {
+            let more = BlockKey::chain(&self.tokens, block_size, self.keys.len(), self.keys.last());
+            self.keys.extend(more);
+        }
+    }
+
+    /// Takes this step's unverified proposal back out of `tokens`.
+    fn drop_proposal(&mut self) {
+        if let Some((_, n, _)) = self.proposal.take() {
+            self.tokens.truncate(self.tokens.len() - n);
+        }
+    }
+
+    /// Gives all the request's blocks back to `pool`.
+    fn release_blocks(&mut self, pool: &mut BlockPool) {
+        for id in self.blocks.drain(..) {
+            pool.release(id);
+        }
+    }
 }
 
 /// Tokens a draft may read before proposing and still have its proposal
@@ -225,10 +248,7 @@ impl Scheduler<'_> {
         let seq = &mut self.waiting[i];
         let len = seq.tokens.len();
         let full = len / bs;
-        if seq.keys.len() < full {
-            let more = BlockKey::chain(&seq.tokens, bs, seq.keys.len(), seq.keys.last());
-            seq.keys.extend(more);
-        }
+        seq.extend_keys(bs, full);
         // The last token is always computed: its logits choose the next one.
         let mut shared = Vec::new();
         let mut parked = false;
@@ -422,12 +442,8 @@ impl Scheduler<'_> {
     /// the recomputation is often short).
     fn preempt(&mut self, at: usize) {
         let mut seq = self.running.remove(at);
-        if let Some((_, n, _)) = seq.proposal.take() {
-            seq.tokens.truncate(seq.tokens.len() - n);
-        }
-        for id in seq.blocks.drain(..) {
-            self.pool.release(id);
-        }
+        seq.drop_proposal();
+        seq.release_blocks(&mut self.pool);
         seq.computed = 0;
         seq.completed = 0;
         let c = self.counters;
@@ -465,7 +481,10 @@ impl Scheduler<'_> {
                     Ok(Ok(_)) => unreachable!(),
                 };
                 for p in plan {
-                    self.running[p.at].finish = Some(Finish::Error(why.clone()));
+                    // Unverified proposals are not output.
+                    let seq = &mut self.running[p.at];
+                    seq.drop_proposal();
+                    seq.finish = Some(Finish::Error(why.clone()));
                 }
                 return;
             }
@@ -523,10 +542,7 @@ impl Scheduler<'_> {
         let bs = self.bs();
         let seq = &mut self.running[at];
         let full = seq.computed.min(seq.tokens.len()) / bs;
-        if seq.keys.len() < full {
-            let more = BlockKey::chain(&seq.tokens, bs, seq.keys.len(), seq.keys.last());
-            seq.keys.extend(more);
-        }
+        seq.extend_keys(bs, full);
         for k in seq.completed..full {
             self.pool.complete(seq.blocks[k], &seq.keys[k]);
         }
@@ -542,9 +558,7 @@ impl Scheduler<'_> {
                 continue;
             }
             let mut seq = self.running.remove(i);
-            for id in seq.blocks.drain(..) {
-                self.pool.release(id);
-            }
+            seq.release_blocks(&mut self.pool);
             self.counters.running.fetch_sub(1, Ordering::Relaxed);
             self.publish();
             end(&mut seq);

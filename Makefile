@@ -33,13 +33,15 @@ test-models:
 
 # Every test on the detected SIMD path; the kernels, the ops and a model's
 # generation again on the portable (non-SIMD) path; `lampo serve` driven by
-# the official openai Python SDK; the NEON kernels under qemu when it can be
+# the official openai Python SDK (SmolLM2; structured output and tool calls
+# on Qwen2.5-Coder-0.5B); the NEON kernels under qemu when it can be
 # installed.
 test: test-models
 	$(CARGO_TEST)
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-kernels
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-engine --test generation
 	scripts/test-openai-sdk
+	scripts/test-structured-output
 	scripts/test-neon
 
 # The aarch64 NEON kernels under qemu; fails if the tools cannot be installed.

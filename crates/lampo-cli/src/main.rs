@@ -308,6 +308,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         params,
         stop: Vec::new(),
         timeout: None,
+        constraint: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let submitted = Instant::now();

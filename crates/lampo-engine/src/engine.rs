@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lampo_model::{KvStore, LoadedModel};
 
+use crate::constrain::{Compiler, Constraint, Grammar};
 use crate::generate::{GenerateParams, TokenLogprob};
 use crate::scheduler;
 use crate::speculate::{SpecMode, check_draft};
@@ -24,6 +25,8 @@ pub struct Request {
     /// How long the request may take from submission to its end, waiting
     /// included (`None`: no limit).
     pub timeout: Option<Duration>,
+    /// What the output must match (see [`Engine::constrain`]).
+    pub constraint: Option<Constraint>,
 }
 
 /// What a request produces, in order: `Started` when the engine takes it
@@ -221,6 +224,7 @@ pub struct Engine {
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    grammars: Compiler,
 }
 
 impl Engine {
@@ -251,6 +255,7 @@ impl Engine {
             .spawn(move || scheduler::run(&lm, draft.as_deref(), &cfg, n_blocks, rx, &c))
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         Ok(Engine {
+            grammars: Compiler::new(model.clone()),
             model,
             config,
             jobs: Some(tx),
@@ -269,6 +274,12 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Compiles `grammar` into a constraint for one request, or says
+    /// what is wrong with it. The first call builds the vocabulary trie.
+    pub fn constrain(&self, grammar: Grammar) -> Result<Constraint, String> {
+        self.grammars.compile(grammar)
     }
 
     pub fn load(&self) -> Load {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use lampo_model::{KvStore, LoadedModel, Logits, Sequence, StreamDecoder};
 
 use crate::blocks::{BlockId, BlockKey, BlockPool, Lookup};
+use crate::constrain::Constraint;
 use crate::engine::{Counters, Done, EngineConfig, Event, Finish, Job, Sink, StopMatcher};
 use crate::generate::{TokenLogprob, logprobs_of};
 use crate::sampling::Sampler;
@@ -100,6 +101,8 @@ struct Seq {
     /// This step's proposed tokens (appended to `tokens` until verified),
     /// who proposed them, and how long proposing took.
     proposal: Option<(Proposer, usize, Option<Duration>)>,
+    /// The grammar the output must follow, if any.
+    constraint: Option<Constraint>,
 }
 
 impl Seq {
@@ -172,8 +175,11 @@ impl Scheduler<'_> {
             started: false,
             admission: 0,
             finish: None,
-            spec: self.speculator(),
+            // Proposals are not checked against grammars: constrained
+            // requests decode plainly.
+            spec: self.speculator().filter(|_| request.constraint.is_none()),
             proposal: None,
+            constraint: request.constraint,
         });
     }
 
@@ -585,6 +591,12 @@ enum Admission {
 fn next_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, mut logits: Vec<f32>) {
     // The sampler reshapes logits in place: keep the model's own.
     let raw = seq.params.logprobs.map(|_| logits.clone());
+    if let Some(c) = seq.constraint.as_mut()
+        && let Err(e) = c.mask(&mut logits)
+    {
+        seq.finish = Some(Finish::Error(e));
+        return;
+    }
     let next = seq.sampler.sample(&mut logits);
     deliver_token(lm, n_ctx, seq, next, raw);
 }
@@ -622,6 +634,12 @@ fn deliver_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, next: u32, raw: 
     let tok = &lm.tokenizer;
     seq.sampler.accept(next);
     seq.tokens.push(next);
+    if let Some(c) = seq.constraint.as_mut()
+        && let Err(e) = c.commit(next)
+    {
+        seq.finish = Some(Finish::Error(e));
+        return;
+    }
     if tok.is_eog(next) {
         seq.finish = Some(Finish::Stop);
         return;
@@ -634,7 +652,7 @@ fn deliver_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, next: u32, raw: 
         seq.finish.get_or_insert(Finish::Cancelled);
         return;
     }
-    if seq.output.hit_stop {
+    if seq.output.hit_stop || seq.constraint.as_ref().is_some_and(Constraint::is_done) {
         seq.finish = Some(Finish::Stop);
     } else if seq.generated() >= seq.params.max_tokens || seq.tokens.len() > n_ctx {
         seq.finish = Some(Finish::Length);

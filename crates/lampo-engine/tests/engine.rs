@@ -20,6 +20,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         },
         stop: Vec::new(),
         timeout: None,
+        constraint: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn request(prompt: Vec<u32>, params: GenerateParams) -> Request {
         params,
         stop: Vec::new(),
         timeout: None,
+        constraint: None,
     }
 }
 

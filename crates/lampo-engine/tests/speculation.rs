@@ -50,6 +50,7 @@ fn run_all(
                 },
                 stop: Vec::new(),
                 timeout: None,
+                constraint: None,
             };
             engine.submit(r, move |e| tx.send(e).is_ok()).unwrap();
             rx

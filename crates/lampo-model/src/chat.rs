@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::tools::ToolFormat;
 
 /// One message of a conversation, shaped as templates expect it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -35,6 +36,7 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    tool_format: Option<ToolFormat>,
 }
 
 /// Python's `json.dumps` defaults (", " and ": " separators, no ASCII
@@ -126,7 +128,13 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            tool_format: ToolFormat::of_template(source),
         })
+    }
+
+    /// How the template's model writes tool calls, if it takes tools.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// Renders a conversation. With `add_generation_prompt` the text ends

@@ -7,6 +7,7 @@ pub mod config;
 pub mod gguf;
 pub mod model;
 pub mod tokenizer;
+pub mod tools;
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use gguf::{Gguf, GgufError, GgufFile};
 pub use model::{KvCache, KvStore, Logits, Model, Sequence};
-pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use tokenizer::{StreamDecoder, TokenKind, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

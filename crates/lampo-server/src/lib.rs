@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod openai;
+mod structured;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -19,9 +20,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lampo_engine::TokenLogprob;
 use lampo_engine::{
-    Done, Engine, Event, Finish, GenerateParams, Rejected, Request as EngineRequest,
+    Constraint, Done, Engine, Event, Finish, GenerateParams, Rejected, Request as EngineRequest,
     SamplingParams, Sink,
 };
+use lampo_model::tools::ToolFormat;
 use lampo_model::{Message, Tokenizer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -179,7 +181,7 @@ fn now() -> u64 {
 }
 
 /// A short random id for responses.
-fn random_id(prefix: &str) -> String {
+pub(crate) fn random_id(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -327,6 +329,8 @@ struct Plan {
     /// Alternatives per token when log-probabilities are asked for.
     logprobs: Option<usize>,
     ignore_eos: bool,
+    /// The grammar every choice's output must follow.
+    constraint: Option<Constraint>,
 }
 
 fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
@@ -416,12 +420,15 @@ fn plan(s: Sampling, max_tokens: Option<u64>) -> Result<Plan, ApiError> {
         include_usage: s.stream_options.is_some_and(|o| o.include_usage),
         logprobs: None,
         ignore_eos: s.ignore_eos,
+        constraint: None,
     })
 }
 
-fn finish_reason(f: &Finish) -> &'static str {
+/// OpenAI's finish reason; `called`: the answer holds tool calls.
+fn finish_reason(f: &Finish, called: bool) -> &'static str {
     match f {
         Finish::Length => "length",
+        _ if called => "tool_calls",
         _ => "stop",
     }
 }
@@ -478,6 +485,7 @@ fn engine_request(
         },
         stop: plan.stop.clone(),
         timeout: state.request_timeout,
+        constraint: plan.constraint.clone(),
     })
 }
 
@@ -632,11 +640,15 @@ fn to_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
                 }
             };
             let role = if m.role == "developer" { "system".to_string() } else { m.role };
+            let mut tool_calls = m.tool_calls;
+            if let Some(calls) = tool_calls.as_mut() {
+                structured::arguments_as_json(calls);
+            }
             Ok(Message {
                 role,
                 content,
                 tool_call_id: m.tool_call_id,
-                tool_calls: m.tool_calls,
+                tool_calls,
             })
         })
         .collect()
@@ -675,8 +687,36 @@ async fn chat_completions(
     let template = lm.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template; use /v1/completions", None)
     })?;
+    let asked = structured::Asked {
+        response_format: req.response_format,
+        tools: req.tools,
+        tool_choice: req.tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
+    };
+    // Compiling a grammar (and, the first time, the vocabulary trie) is
+    // CPU work: keep it off the async workers.
+    let structure = if asked.is_plain() {
+        structured::Structure::default()
+    } else {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || structured::plan(st.engine()?, asked))
+            .await
+            .map_err(|e| ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("compiling the output constraint failed: {e}"),
+                param: None,
+                code: None,
+            })??
+    };
+    if structure.constraint.is_some() && plan.ignore_eos {
+        return Err(ApiError::bad_request(
+            "ignore_eos cannot be combined with response_format or tools",
+            Some("ignore_eos"),
+        ));
+    }
+    plan.constraint = structure.constraint;
     let text = template
-        .render(&messages, true, None)
+        .render(&messages, true, structure.template_tools.as_ref())
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let prompt = lm
         .tokenizer
@@ -696,6 +736,7 @@ async fn chat_completions(
                 created,
                 model,
                 chat: true,
+                calls: structure.calls,
                 include_usage: plan.include_usage,
                 arrived,
             },
@@ -708,19 +749,28 @@ async fn chat_completions(
         total_tokens: 0,
     };
     for (index, rx) in submit(&state, requests)?.into_iter().enumerate() {
-        let (content, lps, done) = collect(&state, rx, arrived).await?;
+        let (text, lps, done) = collect(&state, rx, arrived).await?;
         usage.completion_tokens += done.completion_tokens;
+        let answer = match structure.calls {
+            Some(format) => structured::split_answer(format, &text),
+            None => structured::Answer {
+                content: Some(text),
+                tool_calls: Vec::new(),
+            },
+        };
+        let called = !answer.tool_calls.is_empty();
         choices.push(ChatChoice {
             index,
             message: AssistantMessage {
                 role: "assistant",
-                content,
+                content: answer.content,
+                tool_calls: answer.tool_calls,
             },
             logprobs: plan
                 .logprobs
                 .map(|_| chat_logprobs(&state.engine()?.model().tokenizer, &lps))
                 .transpose()?,
-            finish_reason: finish_reason(&done.finish),
+            finish_reason: finish_reason(&done.finish, called),
         });
     }
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
@@ -792,6 +842,7 @@ async fn completions(
                 created,
                 model,
                 chat: false,
+                calls: None,
                 include_usage: plan.include_usage,
                 arrived,
             },
@@ -815,7 +866,7 @@ async fn completions(
             } else {
                 text
             },
-            finish_reason: finish_reason(&done.finish),
+            finish_reason: finish_reason(&done.finish, false),
         });
     }
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
@@ -841,6 +892,8 @@ struct StreamMeta {
     created: u64,
     model: String,
     chat: bool,
+    /// Chat answers that may hold tool calls in this format.
+    calls: Option<ToolFormat>,
     include_usage: bool,
     arrived: Instant,
 }
@@ -856,6 +909,7 @@ fn stream(
         created,
         model,
         chat,
+        calls,
         include_usage,
         arrived,
     } = meta;
@@ -901,6 +955,7 @@ fn stream(
                 return;
             }
             let mut tracker = metrics::Tracker::new(&state.model_name, arrived);
+            let mut deltas = structured::DeltaStream::new(calls);
             loop {
                 let event = tokio::select! {
                     e = events.recv() => match e {
@@ -924,15 +979,23 @@ fn stream(
                     }
                 };
                 tracker.event(&event);
-                let choice = match event {
+                let choices: Vec<Value> = match event {
                     Event::Started => continue,
                     Event::Text { text, logprobs } if chat => {
-                        let lp = if want_logprobs {
+                        let mut lp = if want_logprobs {
                             chat_logprobs(tok, &logprobs).unwrap_or(Value::Null)
                         } else {
                             Value::Null
                         };
-                        json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                        // The log-probabilities ride on the text's first delta.
+                        deltas
+                            .deltas(&text, false)
+                            .into_iter()
+                            .map(|delta| {
+                                let lp = std::mem::take(&mut lp);
+                                json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": null})
+                            })
+                            .collect()
                     }
                     Event::Text { text, logprobs } => {
                         let lp = if want_logprobs {
@@ -942,7 +1005,9 @@ fn stream(
                         } else {
                             Value::Null
                         };
-                        json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
+                        vec![
+                            json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}),
+                        ]
                     }
                     Event::Done(done) => {
                         let failure = match &done.finish {
@@ -961,16 +1026,27 @@ fn stream(
                             return;
                         }
                         completion_tokens += done.completion_tokens;
-                        let reason = finish_reason(&done.finish);
                         if chat {
-                            json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+                            let mut last: Vec<Value> = deltas
+                                .deltas("", true)
+                                .into_iter()
+                                .map(|delta| json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}))
+                                .collect();
+                            let reason = finish_reason(&done.finish, deltas.called());
+                            last.push(json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}));
+                            last
                         } else {
-                            json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+                            let reason = finish_reason(&done.finish, false);
+                            vec![
+                                json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
+                            ]
                         }
                     }
                 };
-                if !send(chunk(json!([choice]), None)) {
-                    return;
+                for choice in choices {
+                    if !send(chunk(json!([choice]), None)) {
+                        return;
+                    }
                 }
             }
         }

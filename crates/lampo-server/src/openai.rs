@@ -82,6 +82,65 @@ pub struct ChatMessage {
     pub tool_calls: Option<Value>,
 }
 
+/// `response_format`: plain text, any JSON object, or JSON valid against
+/// a schema.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// Lampo always enforces the schema; `strict` is accepted for
+    /// compatibility.
+    pub strict: Option<bool>,
+}
+
+/// A tool the model may call: a function with a JSON schema of its
+/// arguments.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or one named function.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceParam {
+    Mode(String),
+    Function {
+        #[serde(rename = "type")]
+        kind: String,
+        function: FunctionName,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct FunctionName {
+    pub name: String,
+}
+
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     pub model: String,
@@ -89,6 +148,10 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<u64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoiceParam>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -118,10 +181,28 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
+/// The answer: text, or (with `tool_calls`) calls and possibly text.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, ToSchema)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// A call's function and its arguments as JSON text.
+#[derive(Clone, Debug, Serialize, PartialEq, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

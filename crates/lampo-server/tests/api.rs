@@ -961,3 +961,115 @@ async fn speculation_streams_the_same_answers_and_is_counted() {
         .unwrap_or(0.0);
     assert!(proposed > 0.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_formats_constrain_the_answer_and_bad_ones_are_refused() {
+    let addr = serve(1024, None).await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}, "rank": {"enum": [1, 2, 3]}},
+        "required": ["city", "rank"],
+        "additionalProperties": false
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema}});
+    let (status, body) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Name a big city.",
+            json!({"temperature": 0, "response_format": format}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(
+        v["city"].is_string() && [1, 2, 3].contains(&v["rank"].as_i64().unwrap()),
+        "{text}"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    // The stream gives the same answer.
+    let request = chat(
+        "Name a big city.",
+        json!({"temperature": 0, "stream": true, "response_format": format}),
+    );
+    let (_, raw) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        request.to_string().as_bytes(),
+    )
+    .await;
+    let streamed: String = events(&raw)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+    let (status, body) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Hi",
+            json!({"temperature": 0, "response_format": {"type": "json_object"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object()),
+        "{text}"
+    );
+
+    let tool =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (extra, param, needle) in [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}}}),
+            "response_format",
+            "strnig",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "bad name", "schema": {}}}}),
+            "response_format",
+            "bad name",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}, "ignore_eos": true}),
+            "ignore_eos",
+            "ignore_eos",
+        ),
+        // SmolLM2's template knows nothing of tools.
+        (json!({"tools": tool}), "tools", "does not support tools"),
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "needs tools",
+        ),
+    ] {
+        let (status, body) = post(addr, "/v1/chat/completions", chat("Hi", extra.clone())).await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+    // Tools with tool_choice "none" are simply not offered.
+    let (status, _) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Hi",
+            json!({"max_tokens": 4, "tools": tool, "tool_choice": "none"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,185 @@
+//! Output constraints: a request's tokens restricted, step by step, to
+//! those that keep its output inside a grammar (a JSON schema, or a Lark
+//! grammar that may embed schemas). The grammar work is llguidance's: it
+//! walks a trie of the vocabulary's bytes against an Earley parser and
+//! gives the set of allowed next tokens; Lampo masks the logits with it
+//! before sampling and tells it each chosen token.
+
+use std::sync::{Arc, OnceLock};
+
+use lampo_model::tools::json_layout;
+use lampo_model::{LoadedModel, TokenKind};
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{self, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+/// What a request's output must match.
+#[derive(Clone, Debug)]
+pub enum Grammar {
+    /// A JSON schema; the output is one JSON value valid against it.
+    JsonSchema(Value),
+    /// A grammar in llguidance's Lark syntax (`%json {...}` embeds a schema).
+    Lark(String),
+}
+
+impl Grammar {
+    fn into_llguidance(self) -> TopLevelGrammar {
+        match self {
+            Grammar::JsonSchema(mut schema) => {
+                // Python's layout, and no free whitespace, which a small
+                // model could otherwise fill until its token limit.
+                if let Value::Object(map) = &mut schema
+                    && !map.contains_key("x-guidance")
+                {
+                    map.insert("x-guidance".into(), json_layout());
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
+            Grammar::Lark(text) => TopLevelGrammar::from_lark(text),
+        }
+    }
+}
+
+/// One request's constraint: the parser state after its output so far.
+#[derive(Clone)]
+pub struct Constraint {
+    matcher: Matcher,
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint").finish_non_exhaustive()
+    }
+}
+
+impl Constraint {
+    /// Sets the logits of tokens the grammar does not allow next to -inf.
+    pub(crate) fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        let allowed = self.matcher.compute_mask().map_err(|e| failure(&e))?;
+        if allowed.num_set() == 0 {
+            return Err("the output constraint allows no next token".into());
+        }
+        for (t, l) in logits.iter_mut().enumerate() {
+            if !allowed.is_allowed(t as u32) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances the parser over a chosen token.
+    pub(crate) fn commit(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| failure(&e))
+    }
+
+    /// Whether the grammar is complete and allows nothing more.
+    pub(crate) fn is_done(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}
+
+fn failure(e: &impl std::fmt::Display) -> String {
+    format!("the output constraint failed: {e}")
+}
+
+/// Compiles grammars for one model. The vocabulary trie is built on the
+/// first constrained request, so that serving without constraints costs
+/// nothing.
+pub(crate) struct Compiler {
+    model: Arc<LoadedModel>,
+    factory: OnceLock<Result<ParserFactory, String>>,
+}
+
+impl Compiler {
+    pub(crate) fn new(model: Arc<LoadedModel>) -> Compiler {
+        Compiler {
+            model,
+            factory: OnceLock::new(),
+        }
+    }
+
+    /// A constraint at the start of the output, or why the grammar cannot
+    /// be used (an invalid or unsupported schema, a grammar error).
+    pub(crate) fn compile(&self, grammar: Grammar) -> Result<Constraint, String> {
+        let factory = self
+            .factory
+            .get_or_init(|| factory(&self.model))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let parser = factory
+            .create_parser(grammar.into_llguidance())
+            .map_err(|e| e.to_string())?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(e);
+        }
+        Ok(Constraint { matcher })
+    }
+}
+
+fn factory(lm: &Arc<LoadedModel>) -> Result<ParserFactory, String> {
+    let env: TokEnv = Arc::new(Vocabulary::new(lm.clone()));
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+    // Grammar errors go back to the caller, not to the server's stderr.
+    factory.quiet();
+    Ok(factory)
+}
+
+/// The model's vocabulary as llguidance sees it: each token's bytes, with
+/// control tokens marked special (a grammar can name them, text cannot
+/// produce them).
+struct Vocabulary {
+    model: Arc<LoadedModel>,
+    trie: TokTrie,
+}
+
+impl Vocabulary {
+    fn new(model: Arc<LoadedModel>) -> Vocabulary {
+        let tok = &model.tokenizer;
+        let n_vocab = model.model.config.n_vocab;
+        let words: Vec<Vec<u8>> = (0..n_vocab as u32)
+            .map(|t| match tok.kind(t) {
+                Some(TokenKind::Control | TokenKind::Unused) => {
+                    let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                    w.extend_from_slice(tok.token_bytes(t));
+                    w
+                }
+                // Tokens past the tokenizer's table never appear in text.
+                None => Vec::new(),
+                _ => tok.token_bytes(t).to_vec(),
+            })
+            .collect();
+        let eos = tok
+            .eos
+            .or_else(|| (0..n_vocab as u32).find(|&t| tok.is_eog(t)))
+            .unwrap_or(0);
+        let info = TokRxInfo {
+            vocab_size: n_vocab as u32,
+            tok_eos: eos,
+            tok_bos: tok.bos,
+            tok_pad: None,
+            tok_unk: None,
+            tok_end_of_turn: None,
+        };
+        let trie = TokTrie::from(&info, &words);
+        Vocabulary { model, trie }
+    }
+}
+
+impl TokenizerEnv for Vocabulary {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<toktrie::TokenId> {
+        match std::str::from_utf8(s) {
+            Ok(text) => self
+                .model
+                .tokenizer
+                .encode(text, false, false)
+                .unwrap_or_else(|_| self.trie.greedy_tokenize(s)),
+            Err(_) => self.trie.greedy_tokenize(s),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Structured output: `response_format` and `tools` checked and turned
+//! into one grammar the engine enforces while decoding, and the model's
+//! text turned back into OpenAI's `tool_calls`.
+
+use std::collections::HashSet;
+
+use lampo_engine::{Constraint, Engine, Grammar};
+use lampo_model::tools::{CallParser, Piece, ToolChoice, ToolFormat, ToolSpec};
+use serde_json::{Value, json};
+
+use crate::ApiError;
+use crate::openai::{FunctionCall, ResponseFormat, Tool, ToolCall, ToolChoiceParam};
+
+/// What a chat request asks of its output's shape.
+#[derive(Default)]
+pub struct Structure {
+    /// The grammar each choice starts from (cloned per choice).
+    pub constraint: Option<Constraint>,
+    /// Tools for the chat template, when the model is to see them.
+    pub template_tools: Option<Value>,
+    /// Set when the output may hold calls, written in this format.
+    pub calls: Option<ToolFormat>,
+}
+
+/// The request fields that shape the output.
+pub struct Asked {
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoiceParam>,
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl Asked {
+    /// Whether nothing shapes the output (the common case, planned inline).
+    pub fn is_plain(&self) -> bool {
+        matches!(self.response_format, None | Some(ResponseFormat::Text))
+            && self.tools.is_none()
+            && self.tool_choice.is_none()
+    }
+}
+
+/// OpenAI's rule for function and schema names.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks what `asked` wants and compiles its grammar; a 400 names the
+/// field at fault.
+pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
+    let answer = match asked.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            if !valid_name(&json_schema.name) {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "response_format.json_schema.name '{}' must be 1 to 64 letters, digits, '_' or '-'",
+                        json_schema.name
+                    ),
+                    Some("response_format"),
+                ));
+            }
+            match json_schema.schema {
+                None => Some(json!({})),
+                Some(s @ Value::Object(_)) => Some(s),
+                Some(other) => {
+                    return Err(ApiError::bad_request(
+                        format!(
+                            "response_format.json_schema.schema must be a JSON object, got {other}"
+                        ),
+                        Some("response_format"),
+                    ));
+                }
+            }
+        }
+    };
+    let tools = asked.tools.unwrap_or_default();
+    let choice = tool_choice(asked.tool_choice, &tools)?;
+    let specs = tool_specs(&tools)?;
+    let mut out = Structure::default();
+    let grammar = match choice {
+        Some(choice) => {
+            let lm = engine.model();
+            let format = lm
+                .chat_template
+                .as_ref()
+                .and_then(|t| t.tool_format())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "this model's chat template does not support tools",
+                        Some("tools"),
+                    )
+                })?;
+            out.template_tools = Some(serde_json::to_value(&tools).expect("tools serialize"));
+            out.calls = Some(format);
+            let parallel = asked.parallel_tool_calls.unwrap_or(true);
+            Some(Grammar::Lark(format.grammar(
+                &specs,
+                &choice,
+                parallel,
+                answer.as_ref(),
+            )))
+        }
+        None => answer.clone().map(Grammar::JsonSchema),
+    };
+    if let Some(grammar) = grammar {
+        let constraint = engine
+            .constrain(grammar)
+            .map_err(|e| blame(engine, &specs, answer.is_some(), e))?;
+        out.constraint = Some(constraint);
+    }
+    Ok(out)
+}
+
+/// The tool choice in force: `None` when the model is not to call tools.
+fn tool_choice(
+    param: Option<ToolChoiceParam>,
+    tools: &[Tool],
+) -> Result<Option<ToolChoice>, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m, Some("tool_choice"));
+    if tools.is_empty() {
+        return match param {
+            Some(ToolChoiceParam::Mode(m)) if m != "none" => {
+                Err(bad(format!("tool_choice '{m}' needs tools to choose from")))
+            }
+            Some(ToolChoiceParam::Function { .. }) => Err(bad(
+                "tool_choice names a function but no tools are given".into(),
+            )),
+            _ => Ok(None),
+        };
+    }
+    Ok(match param {
+        None => Some(ToolChoice::Auto),
+        Some(ToolChoiceParam::Mode(m)) => match m.as_str() {
+            "none" => None,
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            other => {
+                return Err(bad(format!(
+                    "tool_choice '{other}' is not one of none, auto, required or a named function"
+                )));
+            }
+        },
+        Some(ToolChoiceParam::Function { kind, function }) => {
+            if kind != "function" {
+                return Err(bad(format!(
+                    "tool_choice type '{kind}' is not supported (only 'function')"
+                )));
+            }
+            if !tools.iter().any(|t| t.function.name == function.name) {
+                return Err(bad(format!(
+                    "tool_choice names the function '{}', which is not among the tools",
+                    function.name
+                )));
+            }
+            Some(ToolChoice::Named(function.name))
+        }
+    })
+}
+
+/// Each tool's name and argument schema, checked.
+fn tool_specs(tools: &[Tool]) -> Result<Vec<ToolSpec>, ApiError> {
+    let mut seen = HashSet::new();
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let bad = |m: String| ApiError::bad_request(format!("tools[{i}]: {m}"), Some("tools"));
+            if t.kind != "function" {
+                return Err(bad(format!(
+                    "type '{}' is not supported (only 'function')",
+                    t.kind
+                )));
+            }
+            let name = &t.function.name;
+            if !valid_name(name) {
+                return Err(bad(format!(
+                    "function name '{name}' must be 1 to 64 letters, digits, '_' or '-'"
+                )));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(bad(format!("function name '{name}' is given twice")));
+            }
+            let parameters = match &t.function.parameters {
+                None => json!({"type": "object", "properties": {}}),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "parameters of '{name}' must be a JSON schema object, got {other}"
+                    )));
+                }
+            };
+            Ok(ToolSpec {
+                name: name.clone(),
+                parameters,
+            })
+        })
+        .collect()
+}
+
+/// Turns a compile error into a 400 naming what is at fault: a tool's
+/// parameters if one fails alone, else the response format.
+fn blame(engine: &Engine, specs: &[ToolSpec], has_answer: bool, error: String) -> ApiError {
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(e) = engine.constrain(Grammar::JsonSchema(spec.parameters.clone())) {
+            return ApiError::bad_request(
+                format!(
+                    "tools[{i}]: the parameters schema of '{}' cannot be used: {e}",
+                    spec.name
+                ),
+                Some("tools"),
+            );
+        }
+    }
+    if has_answer {
+        ApiError::bad_request(
+            format!("response_format: the JSON schema cannot be used: {error}"),
+            Some("response_format"),
+        )
+    } else {
+        ApiError::bad_request(format!("the tools cannot be used: {error}"), Some("tools"))
+    }
+}
+
+/// A fresh call id, as OpenAI shapes them.
+pub fn call_id() -> String {
+    crate::random_id("call")
+}
+
+/// A chat answer split into text and calls.
+pub struct Answer {
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Splits a whole answer as streaming would, so both give the same calls.
+pub fn split_answer(format: ToolFormat, text: &str) -> Answer {
+    let mut parser = format.parser();
+    let mut pieces = parser.push(text);
+    pieces.extend(parser.finish());
+    let mut content = String::new();
+    let mut tool_calls: Vec<ToolCall> = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Content(t) => content.push_str(&t),
+            Piece::CallStart { name, .. } => tool_calls.push(ToolCall {
+                id: call_id(),
+                kind: "function",
+                function: FunctionCall {
+                    name,
+                    arguments: String::new(),
+                },
+            }),
+            Piece::Arguments { index, text } => {
+                tool_calls[index].function.arguments.push_str(&text)
+            }
+        }
+    }
+    Answer {
+        content: (!content.is_empty()).then_some(content),
+        tool_calls,
+    }
+}
+
+/// Streamed chat deltas for one choice: text passes through, or (when
+/// calls are possible) goes through the call parser.
+pub enum DeltaStream {
+    Text,
+    Calls(CallParser),
+}
+
+impl DeltaStream {
+    pub fn new(calls: Option<ToolFormat>) -> DeltaStream {
+        match calls {
+            Some(f) => DeltaStream::Calls(f.parser()),
+            None => DeltaStream::Text,
+        }
+    }
+
+    /// The `delta` objects for a piece of text (`end`: the text is over).
+    pub fn deltas(&mut self, text: &str, end: bool) -> Vec<Value> {
+        let parser = match self {
+            DeltaStream::Text if end && text.is_empty() => return Vec::new(),
+            DeltaStream::Text => return vec![json!({"content": text})],
+            DeltaStream::Calls(p) => p,
+        };
+        let mut pieces = parser.push(text);
+        if end {
+            pieces.extend(parser.finish());
+        }
+        pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Content(t) => json!({"content": t}),
+                Piece::CallStart { index, name } => json!({"tool_calls": [{
+                    "index": index, "id": call_id(), "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }]}),
+                Piece::Arguments { index, text } => json!({"tool_calls": [{
+                    "index": index, "function": {"arguments": text},
+                }]}),
+            })
+            .collect()
+    }
+
+    /// Whether any call was sent.
+    pub fn called(&self) -> bool {
+        matches!(self, DeltaStream::Calls(p) if p.calls() > 0)
+    }
+}
+
+/// Assistant messages' call arguments as JSON values (templates render
+/// them with `tojson`; OpenAI sends them as JSON text).
+pub fn arguments_as_json(tool_calls: &mut Value) {
+    let Some(calls) = tool_calls.as_array_mut() else {
+        return;
+    };
+    for call in calls {
+        let args = call
+            .get_mut("function")
+            .and_then(|f| f.get_mut("arguments"));
+        if let Some(a) = args
+            && let Some(parsed) = a
+                .as_str()
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        {
+            *a = parsed;
+        }
+    }
+}

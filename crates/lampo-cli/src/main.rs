@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lampo_engine::{
-    Engine, EngineConfig, Event, Finish, GenerateParams, Request, SamplingParams, Session,
+    Engine, EngineConfig, Event, Finish, GenerateParams, Grammar, Request, SamplingParams, Session,
     perplexity,
 };
 use lampo_model::{Gguf, LoadedModel, Message};
@@ -196,6 +196,12 @@ struct RunArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     spec: SpecArgs,
+    /// Constrain the output to JSON valid against the JSON schema in FILE
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to the grammar in FILE (llguidance's Lark syntax)
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
     /// Print timing to stderr after the completion
     #[arg(long)]
     stats: bool,
@@ -303,12 +309,30 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     config.kv_memory = ((ctx + 1).div_ceil(config.block_size) + 1) * block;
     let engine = Engine::start_with_draft(std::sync::Arc::new(lm), draft, config)
         .map_err(|e| anyhow::anyhow!(e))?;
+    let grammar = match (&a.json_schema, &a.grammar) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let schema = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            Some(Grammar::JsonSchema(schema))
+        }
+        (None, Some(path)) => Some(Grammar::Lark(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        )),
+        (None, None) => None,
+    };
+    let constraint = grammar
+        .map(|g| engine.constrain(g))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cannot constrain the output: {e}"))?;
     let request = Request {
         prompt: prompt.clone(),
         params,
         stop: Vec::new(),
         timeout: None,
-        constraint: None,
+        constraint,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let submitted = Instant::now();

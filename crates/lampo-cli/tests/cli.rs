@@ -126,3 +126,54 @@ fn perplexity_needs_two_chunks_of_text() {
     assert!(!ok);
     assert!(stderr.contains("needs at least 1024 tokens"), "{stderr}");
 }
+
+#[test]
+fn run_follows_a_json_schema_or_a_grammar_and_refuses_bad_ones() {
+    let dir = std::env::temp_dir().join(format!("lampo-constrain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"capital": {"enum": ["Paris", "Lyon"]}}, "required": ["capital"]}"#,
+    )
+    .unwrap();
+    let grammar = dir.join("answer.lark");
+    std::fs::write(&grammar, "start: \"The answer is \" /[0-9]{1,3}/ \".\"").unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"type": "strnig"}"#).unwrap();
+    let (ok, stdout, stderr) = run(&[
+        "run",
+        "--chat",
+        "-p",
+        "What is the capital of France?",
+        "--temp",
+        "0",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"capital": "Paris"}"#);
+    let (ok, stdout, stderr) = run(&[
+        "run",
+        "--chat",
+        "-p",
+        "What is 6 times 7?",
+        "--temp",
+        "0",
+        "--grammar",
+        grammar.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let number = stdout.trim().strip_prefix("The answer is ").unwrap();
+    assert!(
+        number.strip_suffix('.').unwrap().parse::<u32>().is_ok(),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = run(&["run", "-p", "x", "--json-schema", bad.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.starts_with("error: cannot constrain the output")
+            && stderr.contains("strnig"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -60,9 +60,19 @@ impl Constraint {
         if allowed.num_set() == 0 {
             return Err("the output constraint allows no next token".into());
         }
-        for (t, l) in logits.iter_mut().enumerate() {
-            if !allowed.is_allowed(t as u32) {
-                *l = f32::NEG_INFINITY;
+        // A word of the mask per 32 tokens: most words are all-allowed or
+        // (under a grammar, far more often) all-banned.
+        for (word, chunk) in allowed.as_slice().iter().zip(logits.chunks_mut(32)) {
+            match *word {
+                u32::MAX => {}
+                0 => chunk.fill(f32::NEG_INFINITY),
+                w => {
+                    for (bit, l) in chunk.iter_mut().enumerate() {
+                        if w & (1 << bit) == 0 {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                }
             }
         }
         Ok(())

@@ -1108,63 +1108,53 @@ pub mod zmm {
                 let g = w.add(b * 1680);
                 let mut iacc = [_mm512_setzero_si512(); N];
                 for half in 0..2 {
-                    // Each (low-nibble, high-bits) load feeds all four parts;
-                    // vectors j = 0, 1 hold each part's first sub-block of 16
-                    // values, j = 2, 3 its second.
-                    for sub in 0..2 {
-                        let mut s = [[_mm512_setzero_si512(); N]; 4];
-                        for j in 2 * sub..2 * sub + 2 {
-                            let l0 = _mm512_loadu_si512(
-                                g.add(144 + 512 * half + 64 * j) as *const __m512i
-                            );
-                            let l1 = _mm512_loadu_si512(
-                                g.add(144 + 512 * half + 256 + 64 * j) as *const __m512i
-                            );
-                            let h = _mm512_loadu_si512(
-                                g.add(1168 + 256 * half + 64 * j) as *const __m512i
-                            );
-                            let parts = [
-                                _mm512_or_si512(
-                                    _mm512_and_si512(l0, m4),
-                                    _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
-                                ),
-                                _mm512_or_si512(
-                                    _mm512_and_si512(l1, m4),
-                                    _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
-                                ),
-                                _mm512_or_si512(
-                                    _mm512_and_si512(_mm512_srli_epi16::<4>(l0), m4),
-                                    _mm512_and_si512(h, m30),
-                                ),
-                                _mm512_or_si512(
-                                    _mm512_and_si512(_mm512_srli_epi16::<4>(l1), m4),
-                                    _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
-                                ),
-                            ];
-                            for (part, v) in parts.into_iter().enumerate() {
-                                for t in 0..N {
-                                    let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
-                                    let a = bcast8(ya.add(128 * half + 32 * part + 8 * j));
-                                    s[part][t] = _mm512_dpbusd_epi32(s[part][t], v, a);
+                    // One part at a time (its values reloaded from L1 for
+                    // each), with the sums of each sub-block in their own
+                    // array indexed by token only, so that several tokens'
+                    // sums stay in registers. Vectors j = 0, 1 hold the
+                    // part's first sub-block of 16 values, j = 2, 3 its second.
+                    macro_rules! part {
+                        ($part:literal, $nib:expr, $high:expr) => {{
+                            let mut sums = [[_mm512_setzero_si512(); N]; 2];
+                            for (sub, s) in sums.iter_mut().enumerate() {
+                                for j in 2 * sub..2 * sub + 2 {
+                                    let l = _mm512_loadu_si512(
+                                        g.add(144 + 512 * half + 256 * ($part & 1) + 64 * j)
+                                            as *const __m512i,
+                                    );
+                                    let h = _mm512_loadu_si512(
+                                        g.add(1168 + 256 * half + 64 * j) as *const __m512i
+                                    );
+                                    let v =
+                                        _mm512_or_si512($nib(l), _mm512_and_si512($high(h), m30));
+                                    for t in 0..N {
+                                        let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                                        let a = bcast8(ya.add(128 * half + 32 * $part + 8 * j));
+                                        s[t] = _mm512_dpbusd_epi32(s[t], v, a);
+                                    }
                                 }
                             }
-                        }
-                        for (part, sp) in s.iter().enumerate() {
                             let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                g.add(16 + 16 * (4 * half + part)) as *const __m128i,
+                                g.add(16 + 16 * (4 * half + $part)) as *const __m128i,
                             ));
-                            let scales = if sub == 0 {
-                                _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs))
-                            } else {
-                                _mm256_srai_epi32::<16>(pairs)
-                            };
-                            let scales = dup_epi32(scales);
+                            let even =
+                                dup_epi32(_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs)));
+                            let odd = dup_epi32(_mm256_srai_epi32::<16>(pairs));
                             for t in 0..N {
-                                iacc[t] =
-                                    _mm512_add_epi32(iacc[t], _mm512_mullo_epi32(sp[t], scales));
+                                let scaled = _mm512_add_epi32(
+                                    _mm512_mullo_epi32(sums[0][t], even),
+                                    _mm512_mullo_epi32(sums[1][t], odd),
+                                );
+                                iacc[t] = _mm512_add_epi32(iacc[t], scaled);
                             }
-                        }
+                        }};
                     }
+                    let low = |l: __m512i| _mm512_and_si512(l, m4);
+                    let top = |l: __m512i| _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4);
+                    part!(0, low, |h| _mm512_slli_epi16::<4>(h));
+                    part!(1, low, |h| _mm512_slli_epi16::<2>(h));
+                    part!(2, top, |h| h);
+                    part!(3, top, |h| _mm512_srli_epi16::<2>(h));
                 }
                 let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
                 let d = dup_ps(d8);

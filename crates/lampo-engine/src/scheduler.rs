@@ -406,6 +406,7 @@ impl Scheduler<'_> {
         };
         let k = spec.length(Proposer::Draft).min(room);
         if tokens.is_empty()
+            && k > 0
             && let (Some(state), Some(model)) = (spec.draft.as_mut(), draft_model)
         {
             proposer = Proposer::Draft;
@@ -502,15 +503,8 @@ impl Scheduler<'_> {
                 let before = seq.computed;
                 let accepted = verify(self.lm, self.cfg.n_ctx, seq, proposed, &logits);
                 seq.computed = before + 1 + accepted;
-                let produced = seq.tokens.len() - before - 1;
                 if let Some(spec) = seq.spec.as_mut() {
-                    spec.record(
-                        proposer,
-                        proposed,
-                        accepted,
-                        produced,
-                        propose_time.map(|t| t + step_time),
-                    );
+                    spec.record(proposer, proposed, accepted, propose_time, step_time);
                     if let Some(d) = spec.draft.as_mut() {
                         d.rollback(seq.computed);
                     }

@@ -77,27 +77,41 @@ pub fn check_draft(model: &LoadedModel, draft: &LoadedModel) -> Result<(), Strin
     Ok(())
 }
 
-/// Longest suffix of `tokens` looked up, and shortest.
-const NGRAM_MAX: usize = 4;
+/// Fewest tokens a match of the text's end must have to propose.
 const NGRAM_MIN: usize = 2;
+/// Matches are compared this far back at most.
+const MATCH_MAX: usize = 64;
 
-/// Up to `k` tokens that followed the latest earlier occurrence of the
-/// longest suffix of `tokens` (from `NGRAM_MAX` down to `NGRAM_MIN` tokens)
-/// found earlier in `tokens`.
+/// Up to `k` tokens that followed the earlier place in `tokens` whose
+/// preceding tokens match the end of `tokens` longest (at least
+/// `NGRAM_MIN`; the latest among equally long matches). The longest match
+/// is the place being copied: in an edited function, the line of the
+/// original rather than a similar line just written.
 pub fn ngram_proposal(tokens: &[u32], k: usize) -> Vec<u32> {
     let len = tokens.len();
-    for n in (NGRAM_MIN..=NGRAM_MAX.min(len.saturating_sub(1))).rev() {
-        let suffix = &tokens[len - n..];
-        // Latest occurrence that ends before the suffix itself.
-        if let Some(start) = (0..len - n).rev().find(|&i| &tokens[i..i + n] == suffix) {
-            let from = start + n;
-            let end = (from + k).min(len);
-            if from < end {
-                return tokens[from..end].to_vec();
-            }
+    if k == 0 || len <= NGRAM_MIN {
+        return Vec::new();
+    }
+    let tail = &tokens[len - NGRAM_MIN..];
+    // (match length, where the continuation starts)
+    let mut best = (0, 0);
+    for end in (NGRAM_MIN..len).rev() {
+        if tokens[end - NGRAM_MIN..end] != *tail {
+            continue;
+        }
+        let longest = MATCH_MAX.min(end);
+        let m = (NGRAM_MIN..longest)
+            .find(|&m| tokens[end - m - 1] != tokens[len - m - 1])
+            .unwrap_or(longest);
+        if m > best.0 {
+            best = (m, end);
         }
     }
-    Vec::new()
+    if best.0 == 0 {
+        return Vec::new();
+    }
+    let from = best.1;
+    tokens[from..(from + k).min(len)].to_vec()
 }
 
 /// A request's copy of the draft model's cache.
@@ -153,98 +167,99 @@ impl DraftState {
     }
 }
 
-/// One request's speculation: its proposer state, how many tokens each
-/// proposer offers, and the measurements that decide whether to speculate.
+/// One request's speculation: its proposer state and the measurements
+/// that choose each step's proposal length. A proposal of k tokens, each
+/// accepted with probability a, yields 1 + a + ... + a^k tokens on average
+/// for a step that costs the plain step plus k times (the verification of
+/// one more position + proposing one token); the length chosen is the one
+/// that yields most tokens per second, and none when plain decoding does.
 pub struct Speculator {
     pub mode: SpecMode,
     pub draft: Option<DraftState>,
-    ngram: Length,
-    drafted: Length,
-    /// Seconds per generated token with speculation and without (moving
-    /// averages of whole steps, draft time included).
-    with: Rate,
-    without: Rate,
-    /// Steps left in the current trial of plain decoding.
+    ngram: Proposals,
+    drafted: Proposals,
+    /// Seconds of a step without a proposal (moving average).
+    plain: Option<f64>,
+    /// Seconds each verified proposal token adds to a step (moving average).
+    per_position: Option<f64>,
+    /// Steps left in the current run of plain decoding.
     plain_steps: usize,
     steps: usize,
 }
 
-/// How many tokens a proposer offers, from how many it got accepted.
+/// What a proposer's tokens are worth: how often they are accepted and
+/// what each costs to propose.
 #[derive(Clone, Copy)]
-struct Length {
-    k: usize,
+struct Proposals {
     max_k: usize,
-    /// Share of proposed tokens accepted (moving average).
-    acceptance: f64,
+    /// Proposed tokens accepted, and proposals cut short by a rejection
+    /// (counts that decay, so the estimate follows the text).
+    accepted: f64,
+    rejected: f64,
+    /// Seconds proposing one token takes (moving average; `None`: free).
+    cost: Option<f64>,
 }
 
-impl Length {
-    fn new(max_k: usize) -> Length {
-        Length {
-            k: max_k.min(4),
+impl Proposals {
+    fn new(max_k: usize, prior_acceptance: f64) -> Proposals {
+        Proposals {
             max_k,
-            acceptance: 0.7,
+            accepted: 4.0 * prior_acceptance,
+            rejected: 4.0 * (1.0 - prior_acceptance),
+            cost: None,
         }
     }
 
+    /// Chance that a proposed token is accepted, given its predecessors were.
+    fn acceptance(&self) -> f64 {
+        self.accepted / (self.accepted + self.rejected)
+    }
+
     fn record(&mut self, proposed: usize, accepted: usize) {
-        let rate = accepted as f64 / proposed as f64;
-        self.acceptance = 0.7 * self.acceptance + 0.3 * rate;
-        self.k = if accepted == proposed {
-            // All accepted: a long run is likely going on (copied text).
-            (self.k * 2).min(self.max_k)
-        } else {
-            // Propose as far as a proposal is still likely to survive: the
-            // chance that all of k tokens are accepted stays above a quarter.
-            let a = self.acceptance.clamp(0.05, 0.97);
-            ((0.25f64.ln() / a.ln()).floor() as usize).clamp(1, self.max_k)
-        };
+        self.accepted = DECAY * self.accepted + accepted as f64;
+        self.rejected = DECAY * self.rejected + if accepted < proposed { 1.0 } else { 0.0 };
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Rate {
-    seconds_per_token: Option<f64>,
-    steps: usize,
+/// How fast the acceptance counts forget (per proposal).
+const DECAY: f64 = 0.85;
+
+fn average(old: Option<f64>, new: f64) -> f64 {
+    old.map_or(new, |o| 0.8 * o + 0.2 * new)
 }
 
-impl Rate {
-    fn add(&mut self, seconds: f64, tokens: usize) {
-        let s = seconds / tokens.max(1) as f64;
-        self.steps += 1;
-        self.seconds_per_token = Some(match self.seconds_per_token {
-            Some(old) => 0.8 * old + 0.2 * s,
-            None => s,
-        });
-    }
-}
-
-/// A request's first steps decode plainly, and every this many steps it
-/// measures plain decoding again for a few steps, so that speculation
-/// is judged against a fresh baseline as the load and the text change.
+/// A request's first steps decode plainly (measuring the plain step), and
+/// every this many steps it does so again, since the load changes it.
 const RETRIAL_EVERY: usize = 32;
-const TRIAL_STEPS: usize = 3;
-/// Steps with speculation measured before it can be judged slower.
-const MIN_STEPS: usize = 4;
-/// Most tokens the draft model proposes per step: each costs a draft
-/// forward pass, unlike a prompt-lookup proposal.
+const TRIAL_STEPS: usize = 2;
+/// Every this many steps without speculating, a short proposal probes
+/// whether the acceptance has changed.
+const PROBE_EVERY: usize = 16;
+const PROBE_K: usize = 2;
+/// Most tokens the draft model proposes per step.
 const DRAFT_MAX: usize = 8;
+/// Speculate only when it is expected to be at least this much faster.
+const MARGIN: f64 = 1.03;
+/// Before measuring: what verifying one more position, and the draft
+/// proposing one token, cost against a plain step.
+const PRIOR_PER_POSITION: f64 = 0.2;
+const PRIOR_DRAFT_TOKEN: f64 = 0.35;
 
 impl Speculator {
     pub fn new(mode: SpecMode, draft: Option<DraftState>, max_k: usize) -> Speculator {
         Speculator {
             mode,
             draft,
-            ngram: Length::new(max_k),
-            drafted: Length::new(max_k.min(DRAFT_MAX)),
-            with: Rate::default(),
-            without: Rate::default(),
+            ngram: Proposals::new(max_k, 0.6),
+            drafted: Proposals::new(max_k.min(DRAFT_MAX), 0.7),
+            plain: None,
+            per_position: None,
             plain_steps: TRIAL_STEPS,
             steps: 0,
         }
     }
 
-    /// Whether this step should speculate at all.
+    /// Whether this step may speculate (not a plain-decoding trial step).
     pub fn active(&mut self) -> bool {
         self.steps += 1;
         if self.plain_steps > 0 {
@@ -255,52 +270,73 @@ impl Speculator {
             self.plain_steps = TRIAL_STEPS - 1;
             return false;
         }
-        // Off while plain decoding has measured faster (over enough steps
-        // of each), until the next trial.
-        if self.with.steps >= MIN_STEPS
-            && self.without.steps >= TRIAL_STEPS
-            && let (Some(w), Some(p)) =
-                (self.with.seconds_per_token, self.without.seconds_per_token)
-            && w > p * 1.02
-            && !self.steps.is_multiple_of(RETRIAL_EVERY / 2)
-        {
-            return false;
-        }
-        true
+        self.plain.is_some()
     }
 
-    /// How many tokens `proposer` should propose now.
+    /// How many tokens `proposer` should propose now: the length expected
+    /// to give the most tokens per second, 0 when plain decoding is
+    /// expected to be as fast (then, now and again, a short probe).
     pub fn length(&self, proposer: Proposer) -> usize {
-        match proposer {
-            Proposer::NGram => self.ngram.k,
-            Proposer::Draft => self.drafted.k,
+        let Some(t0) = self.plain else {
+            return 0;
+        };
+        let p = match proposer {
+            Proposer::NGram => &self.ngram,
+            Proposer::Draft => &self.drafted,
+        };
+        let prior_cost = match proposer {
+            Proposer::NGram => 0.0,
+            Proposer::Draft => PRIOR_DRAFT_TOKEN * t0,
+        };
+        let per_token =
+            self.per_position.unwrap_or(PRIOR_PER_POSITION * t0) + p.cost.unwrap_or(prior_cost);
+        let a = p.acceptance();
+        let (mut expected, mut chain) = (1.0, 1.0);
+        let (mut best, mut best_k) = (MARGIN / t0, 0);
+        for k in 1..=p.max_k {
+            chain *= a;
+            expected += chain;
+            let rate = expected / (t0 + k as f64 * per_token);
+            if rate > best {
+                (best, best_k) = (rate, k);
+            }
         }
+        if best_k == 0 && self.steps > 0 && self.steps.is_multiple_of(PROBE_EVERY) {
+            return PROBE_K.min(p.max_k);
+        }
+        best_k
     }
 
-    /// Records a step without a proposal: one token in `time`.
+    /// Records a step without a proposal, which took `time`.
     pub fn record_plain(&mut self, time: Duration) {
-        self.without.add(time.as_secs_f64(), 1);
+        self.plain = Some(average(self.plain, time.as_secs_f64()));
     }
 
     /// Records a step in which `proposer` proposed `proposed` tokens and
-    /// `accepted` were, `produced` tokens generated, in `time` (the whole
-    /// step, proposal included; `None` for a step whose time says nothing
-    /// about speculation's speed, such as the draft's first reading of the
-    /// prompt).
+    /// `accepted` were: proposing took `propose_time` (`None` when that
+    /// time says nothing about proposing, such as the draft's first
+    /// reading of the prompt) and the step `step_time`.
     pub fn record(
         &mut self,
         proposer: Proposer,
         proposed: usize,
         accepted: usize,
-        produced: usize,
-        time: Option<Duration>,
+        propose_time: Option<Duration>,
+        step_time: Duration,
     ) {
-        if let Some(time) = time {
-            self.with.add(time.as_secs_f64(), produced);
+        let p = match proposer {
+            Proposer::NGram => &mut self.ngram,
+            Proposer::Draft => &mut self.drafted,
+        };
+        p.record(proposed, accepted);
+        if proposer == Proposer::Draft
+            && let Some(t) = propose_time
+        {
+            p.cost = Some(average(p.cost, t.as_secs_f64() / proposed as f64));
         }
-        match proposer {
-            Proposer::NGram => self.ngram.record(proposed, accepted),
-            Proposer::Draft => self.drafted.record(proposed, accepted),
+        if let Some(t0) = self.plain {
+            let extra = (step_time.as_secs_f64() - t0).max(0.0) / proposed as f64;
+            self.per_position = Some(average(self.per_position, extra));
         }
     }
 }
@@ -310,44 +346,85 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ngram_lookup_proposes_what_followed_the_latest_match() {
+    fn ngram_lookup_proposes_what_followed_the_longest_match() {
         let t = [1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 8, 2, 3, 4];
-        // "2 3 4" last occurred before at 6..9, followed by 7, 8, 2.
+        // "2 3 4" matched thrice; the latest earlier one (6..9) and the
+        // first (1..4) match equally far back: the latest wins.
         assert_eq!(ngram_proposal(&t, 3), [7, 8, 2]);
         assert_eq!(ngram_proposal(&t, 1), [7]);
-        // No earlier occurrence of any suffix of two or more tokens.
+        // A longer match further back beats a short recent one: the text
+        // copies "a b c d" and has just written "x c d".
+        let copy = [
+            10, 11, 12, 13, 14, 15, 0, 11, 12, 13, 1, 2, 0, 7, 12, 13, 3, 10, 11, 12, 13,
+        ];
+        assert_eq!(ngram_proposal(&copy, 2), [14, 15]);
+        // No earlier occurrence of the last two tokens.
         assert!(ngram_proposal(&[1, 2, 3, 4], 4).is_empty());
         // Proposals stop at the end of the text.
         assert_eq!(ngram_proposal(&[5, 6, 5, 6], 4), [5, 6]);
         assert!(ngram_proposal(&[], 4).is_empty());
+        assert!(ngram_proposal(&t, 0).is_empty());
     }
 
     #[test]
-    fn proposals_grow_with_acceptance_and_stop_when_slower() {
+    fn proposal_lengths_follow_acceptance_and_cost() {
+        let ms = Duration::from_millis;
         let mut s = Speculator::new(SpecMode::Auto, None, 16);
         // The first steps measure plain decoding.
         assert!((0..TRIAL_STEPS).all(|_| !s.active()));
+        assert_eq!(s.length(Proposer::NGram), 0, "no plain step measured yet");
+        s.record_plain(ms(30));
         assert!(s.active());
-        let ms = Duration::from_millis;
-        for _ in 0..6 {
-            let k = s.length(Proposer::NGram);
-            s.record(Proposer::NGram, k, k, k + 1, Some(ms(10)));
+        // Prompt lookup accepted in full, verification cheap: the longest.
+        for _ in 0..10 {
+            let k = s.length(Proposer::NGram).max(1);
+            s.record(Proposer::NGram, k, k, None, ms(30) + ms(2) * k as u32);
         }
-        assert_eq!(s.length(Proposer::NGram), 16, "all accepted: the longest");
-        assert_eq!(s.length(Proposer::Draft), 4, "each proposer adapts alone");
-        for _ in 0..8 {
-            s.record(Proposer::Draft, 8, 8, 9, Some(ms(10)));
-        }
-        assert_eq!(s.length(Proposer::Draft), DRAFT_MAX);
+        assert_eq!(s.length(Proposer::NGram), 16);
+        // Each proposer is judged alone; the draft's tokens cost time.
+        let k_draft = s.length(Proposer::Draft);
+        assert!((1..=DRAFT_MAX).contains(&k_draft), "{k_draft}");
+        // Half of each proposal accepted: short proposals.
         for _ in 0..20 {
-            s.record(Proposer::NGram, 4, 0, 1, Some(ms(10)));
+            s.record(Proposer::Draft, 4, 2, Some(ms(40)), ms(38));
         }
-        assert_eq!(s.length(Proposer::NGram), 1, "none accepted: the shortest");
-        // Plain steps measure faster: speculation pauses.
-        for _ in 0..TRIAL_STEPS {
-            s.record_plain(ms(5));
+        let k = s.length(Proposer::Draft);
+        assert!(k <= 1, "draft at half acceptance and 10 ms a token: {k}");
+        // Prompt lookup no longer accepted: no proposals but the periodic probe.
+        for _ in 0..40 {
+            s.record(Proposer::NGram, 4, 0, None, ms(38));
         }
-        let on = (0..32).filter(|_| s.active()).count();
-        assert!(on <= 2, "speculated {on} of 32 steps while slower");
+        let proposing = (0..64)
+            .filter(|_| s.active() && s.length(Proposer::NGram) > 0)
+            .count();
+        assert!(
+            proposing <= 4,
+            "proposed in {proposing} of 64 steps while useless"
+        );
+    }
+
+    #[test]
+    fn costly_verification_shortens_proposals() {
+        let ms = Duration::from_millis;
+        let lengths: Vec<usize> = [1u64, 6, 40]
+            .iter()
+            .map(|&per_position| {
+                let mut s = Speculator::new(SpecMode::NGram, None, 16);
+                s.record_plain(ms(30));
+                for _ in 0..10 {
+                    // Eight of every ten proposed tokens accepted.
+                    s.record(Proposer::NGram, 10, 8, None, ms(30) + ms(per_position) * 10);
+                }
+                s.length(Proposer::NGram)
+            })
+            .collect();
+        assert!(
+            lengths[0] > lengths[1] && lengths[1] > lengths[2],
+            "{lengths:?}"
+        );
+        assert_eq!(
+            lengths[2], 0,
+            "verification dearer than it saves: {lengths:?}"
+        );
     }
 }

@@ -4,12 +4,12 @@
 //! [`crate::Sampler::verify`] so that the output is exactly what plain
 //! decoding would give (greedy) or is distributed as it (sampling).
 //!
-//! Two proposers: prompt lookup (the tokens that followed the latest
-//! earlier occurrence of the text's last few tokens: free, and right when
-//! the answer repeats its input) and a small draft model sharing the
-//! model's vocabulary. Each request adapts how many tokens it proposes to
-//! how many get accepted, and turns speculation off when its measured
-//! speed with it is below its speed without.
+//! Two proposers: prompt lookup (the tokens that followed the earlier
+//! place matching the text's end longest: free, and right when the answer
+//! repeats its input) and a small draft model sharing the model's
+//! vocabulary. Each request sizes its proposals from what it measures
+//! (acceptance, step and draft costs), down to none when plain decoding is
+//! expected to be as fast.
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -139,6 +139,29 @@ fn events(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// A streamed chat request's text: its content deltas joined.
+async fn streamed_text(addr: SocketAddr, request: &Value) -> String {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        request.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    events(&body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let c: Value = serde_json::from_str(e).ok()?;
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
 fn chat(content: &str, extra: Value) -> Value {
     let mut req = json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "temperature": 0});
     for (k, v) in extra.as_object().unwrap() {
@@ -244,24 +267,7 @@ async fn stop_strings_cut_output_even_across_tokens_and_in_streams() {
     assert_eq!(r["choices"][0]["message"]["content"], want);
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
     let req = chat(QUESTION, json!({"stop": "al of", "stream": true}));
-    let (_, body) = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
-    let streamed: String = events(&body)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let c: Value = serde_json::from_str(e).ok()?;
-            c["choices"].get(0)?["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let streamed = streamed_text(addr, &req).await;
     assert_eq!(streamed, want);
 }
 
@@ -994,24 +1000,7 @@ async fn response_formats_constrain_the_answer_and_bad_ones_are_refused() {
         "Name a big city.",
         json!({"temperature": 0, "stream": true, "response_format": format}),
     );
-    let (_, raw) = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        request.to_string().as_bytes(),
-    )
-    .await;
-    let streamed: String = events(&raw)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let v: Value = serde_json::from_str(e).unwrap();
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let streamed = streamed_text(addr, &request).await;
     assert_eq!(streamed, text);
     let (status, body) = post(
         addr,

@@ -157,6 +157,10 @@ pub struct EngineConfig {
     pub speculation: SpecMode,
     /// Most tokens proposed per step.
     pub max_proposal: usize,
+    /// Size each request's proposals from its measured acceptance and
+    /// costs (off: every step proposes as many as it can, up to
+    /// `max_proposal`, for tests and for measuring fixed lengths).
+    pub adaptive_speculation: bool,
 }
 
 impl EngineConfig {
@@ -171,6 +175,7 @@ impl EngineConfig {
             block_size: 16,
             speculation: SpecMode::Off,
             max_proposal: 16,
+            adaptive_speculation: true,
         }
     }
 

@@ -192,7 +192,11 @@ impl Scheduler<'_> {
             (SpecMode::Draft | SpecMode::Auto, Some(d)) => Some(DraftState::new(d, self.cfg.n_ctx)),
             _ => None,
         };
-        Some(Speculator::new(mode, draft, self.cfg.max_proposal))
+        let mut spec = Speculator::new(mode, draft, self.cfg.max_proposal);
+        if !self.cfg.adaptive_speculation {
+            spec = spec.fixed();
+        }
+        Some(spec)
     }
 
     fn step(&mut self) {

@@ -185,6 +185,8 @@ pub struct Speculator {
     /// Steps left in the current run of plain decoding.
     plain_steps: usize,
     steps: usize,
+    /// Always propose the most tokens (no cost model).
+    fixed: bool,
 }
 
 /// What a proposer's tokens are worth: how often they are accepted and
@@ -256,12 +258,23 @@ impl Speculator {
             per_position: None,
             plain_steps: TRIAL_STEPS,
             steps: 0,
+            fixed: false,
         }
+    }
+
+    /// A speculator that proposes as many tokens as it may every step.
+    pub fn fixed(mut self) -> Speculator {
+        self.fixed = true;
+        self.plain_steps = 0;
+        self
     }
 
     /// Whether this step may speculate (not a plain-decoding trial step).
     pub fn active(&mut self) -> bool {
         self.steps += 1;
+        if self.fixed {
+            return true;
+        }
         if self.plain_steps > 0 {
             self.plain_steps -= 1;
             return false;
@@ -277,6 +290,12 @@ impl Speculator {
     /// to give the most tokens per second, 0 when plain decoding is
     /// expected to be as fast (then, now and again, a short probe).
     pub fn length(&self, proposer: Proposer) -> usize {
+        if self.fixed {
+            return match proposer {
+                Proposer::NGram => self.ngram.max_k,
+                Proposer::Draft => self.drafted.max_k,
+            };
+        }
         let Some(t0) = self.plain else {
             return 0;
         };
@@ -401,6 +420,18 @@ mod tests {
             proposing <= 4,
             "proposed in {proposing} of 64 steps while useless"
         );
+    }
+
+    #[test]
+    fn a_fixed_speculator_always_proposes_the_most() {
+        let mut s = Speculator::new(SpecMode::Auto, None, 16).fixed();
+        assert!(s.active(), "no plain steps first");
+        assert_eq!(s.length(Proposer::NGram), 16);
+        assert_eq!(s.length(Proposer::Draft), DRAFT_MAX);
+        for _ in 0..40 {
+            s.record(Proposer::NGram, 16, 0, None, Duration::from_millis(100));
+        }
+        assert!(s.active() && s.length(Proposer::NGram) == 16);
     }
 
     #[test]

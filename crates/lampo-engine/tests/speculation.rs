@@ -73,10 +73,14 @@ fn text(events: &[Event]) -> String {
         .collect()
 }
 
+/// Speculation proposing all it can every step: these tests are about
+/// what verification keeps, not about when speculating pays (the model as
+/// its own draft never pays).
 fn config(speculation: SpecMode, max_batch: usize) -> EngineConfig {
     EngineConfig {
         speculation,
         max_batch,
+        adaptive_speculation: false,
         ..EngineConfig::new(1024)
     }
 }
@@ -190,4 +194,47 @@ fn a_draft_with_another_vocabulary_is_refused() {
         .err()
         .expect("refused");
     assert!(err.contains("draft model"), "{err}");
+}
+
+#[test]
+fn adaptive_speculation_stops_proposing_what_does_not_pay() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompts = prompts(&lm);
+    let greedy = SamplingParams::greedy();
+    let adaptive = |mode| EngineConfig {
+        speculation: mode,
+        max_batch: 1,
+        ..EngineConfig::new(1024)
+    };
+    let (plain, _) = run_all(
+        &lm,
+        None,
+        config(SpecMode::Off, 1),
+        &prompts,
+        greedy.clone(),
+        None,
+    );
+    // The model as its own draft: each proposed token costs a whole step,
+    // so no proposal length beats plain decoding; after its first
+    // measurements a request proposes only in its periodic probes.
+    let (events, load) = run_all(
+        &lm,
+        Some(lm.clone()),
+        adaptive(SpecMode::Draft),
+        &prompts,
+        greedy.clone(),
+        None,
+    );
+    assert_eq!(events, plain);
+    let generated = prompts.len() * 48;
+    assert!(
+        load.draft_proposed * 4 < generated as u64,
+        "proposed {} tokens over {generated} generated: {load:?}",
+        load.draft_proposed
+    );
+    // Prompt lookup costs nothing to propose: it keeps proposing where
+    // the text repeats.
+    let (events, load) = run_all(&lm, None, adaptive(SpecMode::NGram), &prompts, greedy, None);
+    assert_eq!(events, plain);
+    assert!(load.ngram_accepted > 20, "{load:?}");
 }

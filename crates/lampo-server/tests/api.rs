@@ -920,6 +920,7 @@ async fn speculation_streams_the_same_answers_and_is_counted() {
     let spec = serve_with(
         EngineConfig {
             speculation: lampo_engine::SpecMode::NGram,
+            adaptive_speculation: false,
             ..EngineConfig::new(1024)
         },
         None,

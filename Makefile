@@ -38,6 +38,7 @@ test-models:
 # installed.
 test: test-models
 	$(CARGO_TEST)
+	scripts/check-no-rebuild
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-kernels
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-engine --test generation
 	scripts/test-openai-sdk

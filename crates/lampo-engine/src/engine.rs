@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lampo_model::{KvStore, LoadedModel};
 
+use crate::clock::ClockHandle;
 use crate::constrain::{Compiler, Constraint, Grammar};
 use crate::generate::{GenerateParams, TokenLogprob};
 use crate::scheduler;
@@ -54,6 +55,8 @@ pub struct Load {
     /// Prompt positions computed (prefill, including recomputation after
     /// preemption), since the start.
     pub prefill_tokens: u64,
+    /// Tokens generated (sampled or accepted from a proposal), since the start.
+    pub generated_tokens: u64,
     /// Prompt tokens looked up in the prefix cache, and those found there.
     pub prefix_queries: u64,
     pub prefix_hits: u64,
@@ -75,6 +78,7 @@ pub(crate) struct Counters {
     pub blocks_in_use: AtomicUsize,
     pub blocks_total: AtomicUsize,
     pub prefill_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
     pub prefix_queries: AtomicU64,
     pub prefix_hits: AtomicU64,
     pub preemptions: AtomicU64,
@@ -161,6 +165,8 @@ pub struct EngineConfig {
     /// costs (off: every step proposes as many as it can, up to
     /// `max_proposal`, for tests and for measuring fixed lengths).
     pub adaptive_speculation: bool,
+    /// Where deadlines and step costs are read (tests simulate it).
+    pub clock: ClockHandle,
 }
 
 impl EngineConfig {
@@ -176,6 +182,7 @@ impl EngineConfig {
             speculation: SpecMode::Off,
             max_proposal: 16,
             adaptive_speculation: true,
+            clock: ClockHandle::real(),
         }
     }
 
@@ -218,7 +225,8 @@ impl EngineConfig {
 pub(crate) struct Job {
     pub request: Request,
     pub sink: Box<dyn Sink>,
-    pub deadline: Option<Instant>,
+    /// On the engine's clock.
+    pub deadline: Option<Duration>,
 }
 
 /// A handle to the engine's worker; dropping it stops the worker once
@@ -296,6 +304,7 @@ impl Engine {
             kv_usage: c.blocks_in_use.load(Ordering::Relaxed) as f64
                 / c.blocks_total.load(Ordering::Relaxed).max(1) as f64,
             prefill_tokens: get(&c.prefill_tokens),
+            generated_tokens: get(&c.generated_tokens),
             prefix_queries: get(&c.prefix_queries),
             prefix_hits: get(&c.prefix_hits),
             preemptions: get(&c.preemptions),
@@ -332,7 +341,7 @@ impl Engine {
             waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Rejected::QueueFull(queued));
         }
-        let deadline = request.timeout.map(|t| Instant::now() + t);
+        let deadline = request.timeout.map(|t| self.config.clock.now() + t);
         let job = Job {
             request,
             sink: Box::new(sink),

@@ -3,6 +3,7 @@
 //! use, and perplexity evaluation. No HTTP here.
 
 mod blocks;
+pub mod clock;
 pub mod constrain;
 pub mod engine;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod sampling;
 mod scheduler;
 pub mod speculate;
 
+pub use clock::{Clock, ClockHandle, SimClock, Work};
 pub use constrain::{Constraint, Grammar};
 pub use engine::{
     Done, Engine, EngineConfig, Event, Finish, Load, Rejected, Request, Sink, StopMatcher,

@@ -15,11 +15,12 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lampo_model::{KvStore, LoadedModel, Logits, Sequence, StreamDecoder};
 
 use crate::blocks::{BlockId, BlockKey, BlockPool, Lookup};
+use crate::clock::Work;
 use crate::constrain::Constraint;
 use crate::engine::{Counters, Done, EngineConfig, Event, Finish, Job, Sink, StopMatcher};
 use crate::generate::{TokenLogprob, logprobs_of};
@@ -78,7 +79,8 @@ struct Scheduler<'a> {
 /// A request in the engine.
 struct Seq {
     sink: Box<dyn Sink>,
-    deadline: Option<Instant>,
+    /// On the engine's clock.
+    deadline: Option<Duration>,
     params: crate::GenerateParams,
     /// Prompt, then the tokens generated so far.
     tokens: Vec<u32>,
@@ -210,11 +212,12 @@ impl Scheduler<'_> {
         if !plan.is_empty() {
             self.forward(&plan);
         }
+        let now = self.cfg.clock.now();
         for seq in self.running.iter_mut() {
             if seq.finish.is_none() && seq.sink.is_closed() {
                 seq.finish = Some(Finish::Cancelled);
             }
-            if seq.finish.is_none() && seq.deadline.is_some_and(|d| Instant::now() >= d) {
+            if seq.finish.is_none() && seq.deadline.is_some_and(|d| now >= d) {
                 seq.finish = Some(Finish::TimedOut);
             }
         }
@@ -224,7 +227,7 @@ impl Scheduler<'_> {
 
     /// Ends waiting requests whose client left or whose time is up.
     fn reap_waiting(&mut self) {
-        let now = Instant::now();
+        let now = self.cfg.clock.now();
         let mut kept = VecDeque::with_capacity(self.waiting.len());
         for mut seq in self.waiting.drain(..) {
             let finish = if seq.sink.is_closed() {
@@ -403,7 +406,8 @@ impl Scheduler<'_> {
         if room == 0 || !spec.active() {
             return 0;
         }
-        let start = Instant::now();
+        let clock = &self.cfg.clock;
+        let start = clock.now();
         let mut proposer = Proposer::NGram;
         let mut catching_up = false;
         let mut tokens = match spec.mode {
@@ -420,7 +424,14 @@ impl Scheduler<'_> {
             proposer = Proposer::Draft;
             catching_up = state.behind(&seq.tokens) > CATCH_UP;
             // A failing draft only costs the speculation.
+            let before = state.work();
             tokens = state.propose(model, &seq.tokens, k).unwrap_or_default();
+            let after = state.work();
+            clock.ran(Work {
+                draft: true,
+                passes: after.0 - before.0,
+                positions: after.1 - before.1,
+            });
         }
         // Blocks for the proposal's positions; without them, a shorter one.
         let mut free = seq.blocks.len() * bs - seq.tokens.len();
@@ -439,7 +450,7 @@ impl Scheduler<'_> {
             seq.tokens.extend(tokens);
             // A proposal that first read many tokens into the draft (the
             // prompt, or text after plain steps) is not timed.
-            let time = (!catching_up).then(|| start.elapsed());
+            let time = (!catching_up).then(|| clock.now() - start);
             seq.proposal = Some((proposer, n, time));
         }
         n
@@ -485,8 +496,14 @@ impl Scheduler<'_> {
             .collect();
         let model = &self.lm.model;
         let store = &mut self.store;
-        let started = Instant::now();
+        let clock = &self.cfg.clock;
+        let started = clock.now();
         let result = catch_unwind(AssertUnwindSafe(|| model.forward_batch(store, &seqs)));
+        clock.ran(Work {
+            draft: false,
+            passes: 1,
+            positions: plan.iter().map(|p| p.n).sum(),
+        });
         let logits = match result {
             Ok(Ok(logits)) => logits,
             failed => {
@@ -504,9 +521,11 @@ impl Scheduler<'_> {
                 return;
             }
         };
-        let step_time = started.elapsed();
+        let step_time = clock.now() - started;
         for (p, logits) in plan.iter().zip(logits) {
             let seq = &mut self.running[p.at];
+            // Tokens generated before this step (a proposal is not yet).
+            let generated = seq.generated() - seq.proposal.as_ref().map_or(0, |p| p.1);
             if let Some((proposer, proposed, propose_time)) = seq.proposal.take() {
                 let before = seq.computed;
                 let accepted = verify(self.lm, self.cfg.n_ctx, seq, proposed, &logits);
@@ -524,6 +543,8 @@ impl Scheduler<'_> {
                 };
                 p_count.fetch_add(proposed as u64, Ordering::Relaxed);
                 a_count.fetch_add(accepted as u64, Ordering::Relaxed);
+                c.generated_tokens
+                    .fetch_add((seq.generated() - generated) as u64, Ordering::Relaxed);
                 self.complete_blocks(p.at);
                 continue;
             }
@@ -536,6 +557,9 @@ impl Scheduler<'_> {
             seq.computed += p.n;
             if p.logits == Logits::Last {
                 next_token(self.lm, self.cfg.n_ctx, seq, logits);
+                self.counters
+                    .generated_tokens
+                    .fetch_add((seq.generated() - generated) as u64, Ordering::Relaxed);
                 if decoding && let Some(spec) = seq.spec.as_mut() {
                     spec.record_plain(step_time);
                 }

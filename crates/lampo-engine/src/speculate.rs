@@ -117,13 +117,23 @@ pub fn ngram_proposal(tokens: &[u32], k: usize) -> Vec<u32> {
 /// A request's copy of the draft model's cache.
 pub struct DraftState {
     kv: KvCache,
+    /// Forward passes run and positions computed so far (for the clock).
+    passes: usize,
+    positions: usize,
 }
 
 impl DraftState {
     pub fn new(draft: &LoadedModel, n_ctx: usize) -> DraftState {
         DraftState {
             kv: KvCache::new(&draft.model.config, n_ctx),
+            passes: 0,
+            positions: 0,
         }
+    }
+
+    /// Forward passes run and positions computed since the start.
+    pub fn work(&self) -> (usize, usize) {
+        (self.passes, self.positions)
     }
 
     /// Tokens of `tokens` the draft has not seen yet (the whole prompt at
@@ -148,6 +158,8 @@ impl DraftState {
         }
         self.kv.truncate(tokens.len().saturating_sub(1));
         let held = self.kv.len();
+        self.passes += 1;
+        self.positions += tokens.len() - held;
         let mut logits = draft
             .model
             .forward(&tokens[held..], &mut self.kv, Logits::Last)?;
@@ -157,6 +169,8 @@ impl DraftState {
             if out.len() == k {
                 return Ok(out);
             }
+            self.passes += 1;
+            self.positions += 1;
             logits = draft.model.forward(&[next], &mut self.kv, Logits::Last)?;
         }
     }

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use lampo_engine::{
-    Engine, EngineConfig, Event, Finish, GenerateParams, Load, Rejected, Request, SamplingParams,
-    Session, Sink,
+    Clock, ClockHandle, Engine, EngineConfig, Event, Finish, GenerateParams, Load, Rejected,
+    Request, SamplingParams, Session, SimClock, Sink,
 };
 use lampo_model::LoadedModel;
 
@@ -44,10 +44,13 @@ fn request(prompt: Vec<u32>, params: GenerateParams) -> Request {
     }
 }
 
-/// A client: events arrive on a channel; `leave` makes it disconnect.
+/// A client: events arrive on a channel; `leave` makes it disconnect, or
+/// it disconnects by itself after the engine has asked whether it is
+/// still there `patience` times (once a step, from its first step).
 struct Client {
     tx: mpsc::Sender<Event>,
     gone: Arc<AtomicBool>,
+    patience: Option<AtomicUsize>,
 }
 
 impl Sink for Client {
@@ -55,6 +58,11 @@ impl Sink for Client {
         !self.gone.load(Ordering::Relaxed) && self.tx.send(event).is_ok()
     }
     fn is_closed(&self) -> bool {
+        if let Some(p) = &self.patience
+            && p.fetch_sub(1, Ordering::Relaxed) <= 1
+        {
+            self.gone.store(true, Ordering::Relaxed);
+        }
         self.gone.load(Ordering::Relaxed)
     }
 }
@@ -84,6 +92,11 @@ impl Handle {
 }
 
 fn submit(engine: &Engine, r: Request) -> Result<Handle, Rejected> {
+    submit_client(engine, r, None)
+}
+
+/// As `submit`, with a client that leaves after `patience` questions.
+fn submit_client(engine: &Engine, r: Request, patience: Option<usize>) -> Result<Handle, Rejected> {
     let (tx, rx) = mpsc::channel();
     let gone = Arc::new(AtomicBool::new(false));
     engine.submit(
@@ -91,6 +104,7 @@ fn submit(engine: &Engine, r: Request) -> Result<Handle, Rejected> {
         Client {
             tx,
             gone: gone.clone(),
+            patience: patience.map(AtomicUsize::new),
         },
     )?;
     Ok(Handle { rx, gone })
@@ -249,33 +263,45 @@ fn a_client_leaving_mid_prefill_stops_the_work_and_frees_its_blocks() {
         .encode(&long_text(&lm, 1500, "the harvest"), true, false)
         .unwrap();
     let engine = Engine::start(
-        lm,
+        lm.clone(),
         EngineConfig {
             step_tokens: 32,
             ..EngineConfig::new(2048)
         },
     )
     .unwrap();
-    let h = submit(
+    // The client is asked once while it waits and once after each step:
+    // it leaves after three 32-token prefill steps.
+    let h = submit_client(
         &engine,
         request(prompt.clone(), params(16, SamplingParams::greedy())),
+        Some(4),
     )
     .unwrap();
-    wait_for(&engine, "prefill to start", |l| l.prefill_tokens > 0);
-    h.leave();
-    let after = wait_for(&engine, "the request to leave", |l| l.running == 0);
+    let after = wait_for(&engine, "the request to leave", |l| {
+        l.running == 0 && l.waiting == 0
+    });
     assert_eq!(after.kv_usage, 0.0, "its blocks are still held");
-    std::thread::sleep(Duration::from_millis(300));
-    let later = engine.load();
     assert_eq!(
-        later.prefill_tokens, after.prefill_tokens,
-        "prefill went on"
-    );
-    assert!(
-        (later.prefill_tokens as usize) < prompt.len() / 2,
+        after.prefill_tokens,
+        96,
         "{} of {} prompt tokens were computed",
-        later.prefill_tokens,
+        after.prefill_tokens,
         prompt.len()
+    );
+    // Nothing more of it is computed: a later request's prefill is all
+    // the counter sees.
+    let probe = lm.tokenizer.encode("Hi there", true, false).unwrap();
+    submit(
+        &engine,
+        request(probe.clone(), params(2, SamplingParams::greedy())),
+    )
+    .unwrap()
+    .wait();
+    assert_eq!(
+        engine.load().prefill_tokens,
+        after.prefill_tokens + probe.len() as u64,
+        "prefill went on"
     );
     // Nothing was sent after Started: no text, no Done.
     let events: Vec<Event> = h.rx.try_iter().collect();
@@ -320,7 +346,7 @@ fn a_full_queue_refuses_while_accepted_requests_complete() {
     let lm = Arc::new(common::load("smollm2"));
     let prompt = lm.tokenizer.encode("Count to ten:", true, false).unwrap();
     let engine = Engine::start(
-        lm,
+        lm.clone(),
         EngineConfig {
             max_batch: 1,
             max_queue: 2,
@@ -329,9 +355,14 @@ fn a_full_queue_refuses_while_accepted_requests_complete() {
     )
     .unwrap();
     let r = || request(prompt.clone(), params(24, SamplingParams::greedy()));
-    let running = submit(&engine, r()).unwrap();
-    assert_eq!(running.rx.recv().unwrap(), Event::Started);
-    let mut accepted = vec![running];
+    // A request that runs until its client leaves holds the only place.
+    let blocker = submit(
+        &engine,
+        request(prompt.clone(), params(10_000, endless(&lm))),
+    )
+    .unwrap();
+    assert_eq!(blocker.rx.recv().unwrap(), Event::Started);
+    let mut accepted = Vec::new();
     let mut refused = 0;
     for _ in 0..5 {
         match submit(&engine, r()) {
@@ -340,7 +371,8 @@ fn a_full_queue_refuses_while_accepted_requests_complete() {
             Err(e) => panic!("unexpected refusal: {e}"),
         }
     }
-    assert_eq!((accepted.len(), refused), (3, 3));
+    assert_eq!((accepted.len(), refused), (2, 3));
+    blocker.leave();
     let texts: Vec<String> = accepted
         .into_iter()
         .map(|h| {
@@ -349,7 +381,8 @@ fn a_full_queue_refuses_while_accepted_requests_complete() {
             text
         })
         .collect();
-    assert!(texts.iter().all(|t| t == &texts[0]));
+    assert!(!texts[0].is_empty());
+    assert_eq!(texts[0], texts[1]);
     // Room again once the queue drained.
     assert!(submit(&engine, r()).is_ok());
 }
@@ -422,27 +455,39 @@ fn a_shared_prefix_is_computed_once() {
 fn a_request_past_its_timeout_ends_timed_out() {
     let lm = Arc::new(common::load("smollm2"));
     let prompt = lm.tokenizer.encode("Hello", true, false).unwrap();
+    // Simulated time: each step takes 10 ms, however busy the machine.
+    let clock = Arc::new(SimClock::new(Duration::from_millis(10), Duration::ZERO));
     let engine = Engine::start(
-        lm,
+        lm.clone(),
         EngineConfig {
             max_batch: 1,
-            ..EngineConfig::new(512)
+            clock: ClockHandle(clock.clone()),
+            ..EngineConfig::new(2048)
         },
     )
     .unwrap();
     let busy = submit(
         &engine,
-        request(prompt.clone(), params(200, SamplingParams::greedy())),
+        request(prompt.clone(), params(10_000, endless(&lm))),
     )
     .unwrap();
+    assert_eq!(busy.rx.recv().unwrap(), Event::Started);
+    // Queued behind a request that never ends: its 20 ms pass waiting.
     let mut late = request(prompt.clone(), params(8, SamplingParams::greedy()));
     late.timeout = Some(Duration::from_millis(20));
-    let (_, finish) = submit(&engine, late).unwrap().wait();
-    assert_eq!(finish, Some(Finish::TimedOut));
-    let mut slow = request(prompt, params(400, SamplingParams::greedy()));
-    slow.timeout = Some(Duration::from_millis(300));
+    let (text, finish) = submit(&engine, late).unwrap().wait();
+    assert_eq!((text.as_str(), finish), ("", Some(Finish::TimedOut)));
     busy.leave();
+    // Running: about 30 steps in, its 300 ms are up.
+    let mut slow = request(prompt, params(10_000, endless(&lm)));
+    slow.timeout = Some(Duration::from_millis(300));
+    let started = clock.now();
     let (text, finish) = submit(&engine, slow).unwrap().wait();
     assert_eq!(finish, Some(Finish::TimedOut));
     assert!(!text.is_empty(), "it ran before its time was up");
+    let took = clock.now() - started;
+    assert!(
+        (Duration::from_millis(300)..Duration::from_millis(330)).contains(&took),
+        "{took:?}"
+    );
 }

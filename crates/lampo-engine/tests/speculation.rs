@@ -6,9 +6,11 @@
 mod common;
 
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use lampo_engine::{
-    Engine, EngineConfig, Event, Finish, GenerateParams, Load, Request, SamplingParams, SpecMode,
+    ClockHandle, Engine, EngineConfig, Event, Finish, GenerateParams, Load, Request,
+    SamplingParams, SimClock, SpecMode,
 };
 use lampo_model::LoadedModel;
 
@@ -63,13 +65,6 @@ fn run_all(
     (events, engine.load())
 }
 
-/// Held by each test while it runs, so that the tests of this binary run
-/// one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn text(events: &[Event]) -> String {
     events
         .iter()
@@ -94,7 +89,6 @@ fn config(speculation: SpecMode, max_batch: usize) -> EngineConfig {
 
 #[test]
 fn greedy_output_is_identical_with_each_proposer() {
-    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let greedy = SamplingParams::greedy();
@@ -159,7 +153,6 @@ fn greedy_output_is_identical_with_each_proposer() {
 
 #[test]
 fn sampled_requests_with_speculation_complete() {
-    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let sampling = SamplingParams {
@@ -193,7 +186,6 @@ fn sampled_requests_with_speculation_complete() {
 
 #[test]
 fn a_draft_with_another_vocabulary_is_refused() {
-    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let other = Arc::new(common::load("qwen05b"));
     let err = Engine::start_with_draft(lm.clone(), Some(other), config(SpecMode::Draft, 1))
@@ -208,15 +200,19 @@ fn a_draft_with_another_vocabulary_is_refused() {
 
 #[test]
 fn adaptive_speculation_stops_proposing_what_does_not_pay() {
-    // Its decisions come from measured step times: no other test of this
-    // binary runs beside it.
-    let _alone = serial();
     let lm = Arc::new(common::load("smollm2"));
     let prompts = prompts(&lm);
     let greedy = SamplingParams::greedy();
+    // Its decisions come from step times: simulated ones, so that they
+    // are the same on a busy machine. A forward pass costs 10 ms and 1 ms
+    // more per position, for the model and for the draft alike.
     let adaptive = |mode| EngineConfig {
         speculation: mode,
         max_batch: 1,
+        clock: ClockHandle(Arc::new(SimClock::new(
+            Duration::from_millis(10),
+            Duration::from_millis(1),
+        ))),
         ..EngineConfig::new(1024)
     };
     let (plain, _) = run_all(
@@ -239,9 +235,10 @@ fn adaptive_speculation_stops_proposing_what_does_not_pay() {
         None,
     );
     assert_eq!(events, plain);
-    let generated = prompts.len() * 48;
+    let generated = load.generated_tokens;
+    assert!(generated > 200, "{load:?}");
     assert!(
-        load.draft_proposed * 3 < generated as u64,
+        load.draft_proposed * 5 < generated,
         "proposed {} tokens over {generated} generated: {load:?}",
         load.draft_proposed
     );

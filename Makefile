@@ -31,11 +31,12 @@ models:
 test-models:
 	scripts/fetch-models smollm2 qwen05b gemma270m vocab
 
-# Every test on the detected SIMD path; the kernels, the ops and a model's
-# generation again on the portable (non-SIMD) path; `lampo serve` driven by
-# the official openai Python SDK (SmolLM2; structured output and tool calls
-# on Qwen2.5-Coder-0.5B); the NEON kernels under qemu when it can be
-# installed.
+# Every test on the detected SIMD path (then a check that `make run` will
+# not rebuild); the kernels, the ops and a model's generation again on the
+# portable (non-SIMD) path; `lampo serve` driven by the official openai
+# Python SDK (SmolLM2; structured output and tool calls on
+# Qwen2.5-Coder-0.5B); `lampo chat` and serve's logs in a real terminal;
+# the NEON kernels under qemu when it can be installed.
 test: test-models
 	$(CARGO_TEST)
 	scripts/check-no-rebuild
@@ -43,6 +44,7 @@ test: test-models
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-engine --test generation
 	scripts/test-openai-sdk
 	scripts/test-structured-output
+	scripts/test-terminal
 	scripts/test-neon
 
 # The aarch64 NEON kernels under qemu; fails if the tools cannot be installed.

@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Threads (default: one per physical core)
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// Allow more threads than this machine has cores
+    #[arg(long)]
+    force_threads: bool,
     /// Dot weights with f32 activations instead of 8-bit ones
     #[arg(long)]
     f32_activations: bool,
@@ -141,7 +144,7 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     if a.repetitions == 0 || a.batch == 0 {
         bail!("--repetitions and --batch must be at least 1");
     }
-    set_threads(a.threads);
+    set_threads(crate::args::check_threads(a.threads, a.force_threads)?);
     let threads = threads();
     let mut model = Model::load(path)?;
     if a.f32_activations {

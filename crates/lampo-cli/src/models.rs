@@ -30,11 +30,45 @@ fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The short name of the model `arg` named (the default when none), if
+/// it is a known one: by name, or by a path to a known file.
+pub fn short_name(arg: Option<&str>, path: &Path) -> Option<String> {
+    let arg = arg.unwrap_or(DEFAULT);
+    if KNOWN.iter().any(|(n, _)| *n == arg) {
+        return Some(arg.to_string());
+    }
+    let file = path.file_name()?.to_str()?;
+    KNOWN
+        .iter()
+        .find(|(_, f)| *f == file)
+        .map(|(n, _)| n.to_string())
+}
+
 /// Resolves `-m`: an existing path, or a known name (default smollm2).
 pub fn resolve(arg: Option<&str>) -> Result<PathBuf> {
     let name = arg.unwrap_or(DEFAULT);
-    if Path::new(name).is_file() {
+    let path = Path::new(name);
+    if path.is_file() {
         return Ok(PathBuf::from(name));
+    }
+    if path.is_dir() {
+        let mut found: Vec<String> = std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f.ends_with(".gguf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        if found.is_empty() {
+            bail!("'{name}' is a directory, not a model file, and holds no .gguf files");
+        }
+        bail!(
+            "'{name}' is a directory, not a model file; the .gguf files in it: {}",
+            found.join(", ")
+        );
     }
     let Some(&(_, file)) = KNOWN.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = KNOWN.iter().map(|(n, _)| *n).collect();

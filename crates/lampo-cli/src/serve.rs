@@ -1,18 +1,25 @@
-//! `lampo serve`: the OpenAI-compatible API. The server listens at once and
-//! answers `/health`; `/ready` and the API return 503 until the model has
-//! loaded. SIGTERM or Ctrl-C stops accepting connections and lets requests
-//! in flight finish for `--grace-period` seconds; then streams still open
-//! get a final chunk and `[DONE]`, other requests a 503, and it exits.
+//! `lampo serve`: the OpenAI-compatible API. Every setting is checked
+//! (against the model file's metadata too) before the server listens;
+//! then it listens at once and answers `/health`, while `/ready` and the
+//! API return 503 until the model has loaded. SIGTERM or Ctrl-C stops
+//! accepting connections and lets requests in flight finish for
+//! `--grace-period` seconds; then, or at a second signal, requests still
+//! running end (streams with an error event and `[DONE]`, others with a
+//! 503) and it exits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use lampo_engine::{Engine, EngineConfig};
 use lampo_model::LoadedModel;
-use lampo_server::{AppState, router};
+use lampo_server::listen::{self, Limits};
+use lampo_server::{AppState, ServerConfig, router};
 
-use crate::ModelArgs;
+use crate::args::{ModelArgs, SpecArgs, at_least_one, check_memory, context, parse_bytes};
+use crate::logging::{self, LogFormat, announce};
+use crate::models;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -24,169 +31,281 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one)
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on the API routes
+    /// Require `Authorization: Bearer KEY` on the API routes and /openapi.json
     #[arg(long, env = "LAMPO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Context size in tokens per request
-    #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
+    /// Require `Authorization: Bearer KEY` on /metrics (open by default, for scrapers)
+    #[arg(long, env = "LAMPO_METRICS_KEY", hide_env_values = true)]
+    metrics_key: Option<String>,
+    /// Let browser pages from ORIGIN call the API (repeatable; `*` for any).
+    /// Without it no page can read the API's answers
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+    /// Context size in tokens per request (at most the model's trained context)
+    #[arg(short = 'c', long = "ctx", default_value_t = 4096, value_parser = context)]
     ctx: usize,
-    /// The model name clients pass as `model` (default: the file's stem)
+    /// The model name clients pass as `model` (the short name, e.g.
+    /// smollm2, and the file's stem are accepted too)
     #[arg(long)]
     model_alias: Option<String>,
-    /// Seconds requests in flight may run on after SIGTERM or Ctrl-C
+    /// Seconds requests in flight may run on after SIGTERM or Ctrl-C (a
+    /// second signal ends them at once)
     #[arg(long, default_value_t = 30)]
     grace_period: u64,
     /// Most requests generating at once (continuous batching)
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     max_batch: usize,
     /// Most requests waiting for a place; beyond it, 429 with Retry-After
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     max_queue: usize,
     /// KV cache memory for all requests and the prefix cache (e.g. 512MiB, 2GiB)
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     kv_memory: usize,
     /// Most tokens one step computes: the batch's next tokens, then prompt
     /// chunks (smaller keeps streams smoother while long prompts arrive)
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     step_tokens: usize,
     /// Seconds a request may take, queueing included (0: no limit)
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
+    /// Seconds a client has to send a request's head once it begins
+    /// (slower clients are disconnected)
+    #[arg(long, default_value_t = 10, value_parser = seconds)]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body (408 beyond)
+    #[arg(long, default_value_t = 30, value_parser = seconds)]
+    body_timeout: u64,
+    /// Seconds a connection may stay open with no request in flight
+    #[arg(long, default_value_t = 30, value_parser = seconds)]
+    idle_timeout: u64,
+    /// Most connections open at once; beyond it, new ones get a 503
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Log as text or as one JSON object per line
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(flatten)]
-    spec: crate::SpecArgs,
+    spec: SpecArgs,
 }
 
-/// Bytes from a size such as `512MiB`, `2GiB`, `1.5G` or a plain number.
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size such as 512MiB or 2GiB"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
-    };
-    Ok((number * scale) as usize)
+fn seconds(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1 second".into()),
+        Err(_) => Err(format!("'{s}' is not a whole number of seconds")),
+    }
+}
+
+/// The names clients may use for the model: the alias, the short name it
+/// was started by, the file's stem (the first is the one shown).
+fn model_names(alias: Option<&str>, arg: Option<&str>, path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let short = models::short_name(arg, path);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    for n in [alias.map(String::from), short, stem].into_iter().flatten() {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if names.is_empty() {
+        names.push("model".into());
+    }
+    names
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let path = crate::models::resolve(a.model.model.as_deref())?;
-    let name = a.model_alias.clone().unwrap_or_else(|| {
-        path.file_stem()
-            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
-    });
-    lampo_kernels::parallel::set_threads(a.model.threads);
-    tracing_subscriber::fmt().with_target(false).init();
+    let threads = a.model.threads()?;
+    let path = models::resolve(a.model.model.as_deref())?;
+    // Everything checked before listening: the settings against each
+    // other, the model file's metadata and the machine's memory.
+    let file = lampo_model::GgufFile::open(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let model_config = lampo_model::Config::from_gguf(&file.gguf)
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    drop(file);
+    let trained = model_config.n_ctx_train;
+    let mut ctx = a.ctx;
+    if trained > 0 && ctx > trained {
+        eprintln!("note: --ctx {ctx} is more than the model's trained context; using {trained}");
+        ctx = trained;
+    }
+    let config = EngineConfig {
+        max_batch: a.max_batch,
+        max_queue: a.max_queue,
+        kv_memory: a.kv_memory,
+        step_tokens: a.step_tokens,
+        speculation: a.spec.spec,
+        max_proposal: a.spec.max_proposal,
+        ..EngineConfig::new(ctx)
+    };
+    config
+        .kv_blocks(&model_config)
+        .map_err(|e| anyhow::anyhow!("cannot serve with these settings: {e}"))?;
+    check_memory(a.kv_memory, "--kv-memory")?;
+    if a.spec.spec == lampo_engine::SpecMode::Draft && a.spec.draft.is_none() {
+        bail!("--spec draft needs --draft MODEL");
+    }
+    logging::init(a.log_format)?;
+    lampo_kernels::parallel::set_threads(threads);
+    let names = model_names(a.model_alias.as_deref(), a.model.model.as_deref(), &path);
+    let name = names[0].clone();
+    let server = ServerConfig {
+        model_names: names,
+        api_key: a.api_key.clone(),
+        metrics_key: a.metrics_key.clone(),
+        request_timeout: (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout)),
+        cors_origins: a.cors_origins.clone(),
+        body_timeout: Duration::from_secs(a.body_timeout),
+    };
+    let limits = Limits {
+        header_timeout: Duration::from_secs(a.header_timeout),
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        max_connections: a.max_connections,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut state = AppState::new(name.clone(), a.api_key.clone());
-        state.request_timeout =
-            (a.request_timeout > 0).then(|| std::time::Duration::from_secs(a.request_timeout));
-        let state = Arc::new(state);
+        let state = Arc::new(AppState::with_config(server));
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
-        println!("lampo: serving {name} ({}) on http://{addr}", path.display());
-        println!(
-            "try: curl http://{addr}/v1/chat/completions -H 'Content-Type: application/json'{} -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
-            if a.api_key.is_some() { " -H \"Authorization: Bearer $LAMPO_API_KEY\"" } else { "" }
-        );
+        announce(&format!(
+            "serving {name} ({}) on http://{addr}; loading the model",
+            path.display()
+        ));
         let loading = state.clone();
         let f32_acts = a.model.f32_activations;
-        let mut config = EngineConfig {
-            max_batch: a.max_batch,
-            max_queue: a.max_queue,
-            kv_memory: a.kv_memory,
-            step_tokens: a.step_tokens,
-            speculation: a.spec.spec,
-            max_proposal: a.spec.max_proposal,
-            ..EngineConfig::new(a.ctx)
-        };
         let spec = a.spec.clone();
-        let threads = a.model.threads;
+        let key_hint = a.api_key.is_some();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut lm = LoadedModel::load(&path)
                 .with_context(|| format!("cannot load {}", path.display()))?;
             if f32_acts {
                 lm.model.set_activations(lampo_kernels::Activations::F32);
             }
-            config.n_ctx = config.n_ctx.min(lm.model.config.n_ctx_train.max(1));
             let draft = spec.load_draft(threads)?;
             let engine = Engine::start_with_draft(Arc::new(lm), draft, config.clone())
                 .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
             let _ = loading.engine.set(engine);
-            println!(
-                "lampo: model loaded, ready (batch {}, context {}, {} MiB of KV cache)",
+            announce(&format!(
+                "model loaded, ready (batch {}, context {}, {} MiB of KV cache)",
                 config.max_batch,
                 config.n_ctx,
                 config.kv_memory >> 20
-            );
+            ));
+            announce(&format!(
+                "try: curl http://{addr}/v1/chat/completions -H 'Content-Type: application/json'{} \
+                 -d '{{\"model\": \"{name}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello in one sentence.\"}}]}}'",
+                if key_hint { " -H \"Authorization: Bearer $LAMPO_API_KEY\"" } else { "" }
+            ));
             Ok(())
         });
-        let grace = std::time::Duration::from_secs(a.grace_period);
-        let app = router(state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown().await;
-                    // Stop accepting now; cut what still runs after the grace period.
-                    tokio::spawn(async move {
-                        tokio::time::sleep(grace).await;
-                        println!("lampo: grace period over, ending requests still running");
-                        state.cut_requests();
-                    });
-                })
-                .await
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = Duration::from_secs(a.grace_period);
+        let cutter = state.clone();
+        tokio::spawn(async move {
+            let mut signals = Signals::new();
+            signals.next().await;
+            announce(&format!(
+                "shutting down: finishing requests in flight for up to {} s (a second Ctrl-C or SIGTERM ends them now)",
+                grace.as_secs()
+            ));
+            let _ = stop_tx.send(());
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => announce("grace period over, ending requests still running"),
+                _ = signals.next() => announce("second signal: ending requests now"),
+            }
+            cutter.cut_requests();
+            // Streams get their last events; connections still open after
+            // that are dropped.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = force_tx.send(());
         });
-        load.await.context("loading the model")??;
-        server.await?.context("serving")?;
-        println!("lampo: stopped");
+        let app = router(state.clone());
+        let serving = listen::serve(
+            listener,
+            app,
+            limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+            async move {
+                let _ = force_rx.await;
+            },
+        );
+        tokio::pin!(serving);
+        // A model that fails to load ends the server; a server stopped
+        // while the model loads does not wait for it.
+        tokio::select! {
+            loaded = load => {
+                loaded.context("loading the model")??;
+                serving.await;
+            }
+            _ = &mut serving => {}
+        }
+        announce("stopped");
         Ok::<(), anyhow::Error>(())
-    })
+    })?;
+    // Model loading may still run on a blocking thread: leave without it.
+    std::process::exit(0);
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C and SIGTERM, as one stream of signals.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
-    println!("lampo: shutting down, finishing requests in flight");
+
+    async fn next(&mut self) {
+        let term = async {
+            match self.term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::*;
 
     #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("3 parsecs").is_err());
+    fn the_model_answers_to_the_names_a_user_would_guess() {
+        let path = std::path::Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(
+            model_names(None, Some("smollm2"), path),
+            ["smollm2", "SmolLM2-135M-Instruct.Q4_1"]
+        );
+        assert_eq!(
+            model_names(Some("chat"), Some("smollm2"), path),
+            ["chat", "smollm2", "SmolLM2-135M-Instruct.Q4_1"]
+        );
+        // Started by path: the stem, and the short name of a known file.
+        assert_eq!(
+            model_names(None, Some("/m/SmolLM2-135M-Instruct.Q4_1.gguf"), path),
+            ["smollm2", "SmolLM2-135M-Instruct.Q4_1"]
+        );
+        let other = std::path::Path::new("/x/my-model.gguf");
+        assert_eq!(
+            model_names(None, Some("/x/my-model.gguf"), other),
+            ["my-model"]
+        );
     }
 }

@@ -3,16 +3,20 @@
 //! grammar that may embed schemas). The grammar work is llguidance's: it
 //! walks a trie of the vocabulary's bytes against an Earley parser and
 //! gives the set of allowed next tokens; Lampo masks the logits with it
-//! before sampling and tells it each chosen token.
+//! before sampling and tells it each chosen token (on the request's own
+//! thread, see [`crate::masker`], so that a slow grammar slows only its
+//! own request).
 
 use std::sync::{Arc, OnceLock};
 
 use lampo_model::tools::json_layout;
 use lampo_model::{LoadedModel, TokenKind};
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{self, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::toktrie::{self, SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
+
+use crate::schema;
 
 /// What a request's output must match.
 #[derive(Clone, Debug)]
@@ -41,10 +45,13 @@ impl Grammar {
     }
 }
 
-/// One request's constraint: the parser state after its output so far.
+/// One request's constraint, compiled: the parser at the start of the
+/// output and the mask of its first token (computed while compiling, so
+/// that a grammar the parser cannot handle is refused before it runs).
 #[derive(Clone)]
 pub struct Constraint {
-    matcher: Matcher,
+    pub(crate) matcher: Matcher,
+    pub(crate) first: SimpleVob,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -53,44 +60,52 @@ impl std::fmt::Debug for Constraint {
     }
 }
 
-impl Constraint {
-    /// Sets the logits of tokens the grammar does not allow next to -inf.
-    pub(crate) fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-        let allowed = self.matcher.compute_mask().map_err(|e| failure(&e))?;
-        if allowed.num_set() == 0 {
-            return Err("the output constraint allows no next token".into());
-        }
-        // A word of the mask per 32 tokens: most words are all-allowed or
-        // (under a grammar, far more often) all-banned.
-        for (word, chunk) in allowed.as_slice().iter().zip(logits.chunks_mut(32)) {
-            match *word {
-                u32::MAX => {}
-                0 => chunk.fill(f32::NEG_INFINITY),
-                w => {
-                    for (bit, l) in chunk.iter_mut().enumerate() {
-                        if w & (1 << bit) == 0 {
-                            *l = f32::NEG_INFINITY;
-                        }
+/// Sets the logits of tokens `allowed` does not hold to -inf.
+pub(crate) fn apply_mask(allowed: &SimpleVob, logits: &mut [f32]) {
+    // A word of the mask per 32 tokens: most words are all-allowed or
+    // (under a grammar, far more often) all-banned.
+    for (word, chunk) in allowed.as_slice().iter().zip(logits.chunks_mut(32)) {
+        match *word {
+            u32::MAX => {}
+            0 => chunk.fill(f32::NEG_INFINITY),
+            w => {
+                for (bit, l) in chunk.iter_mut().enumerate() {
+                    if w & (1 << bit) == 0 {
+                        *l = f32::NEG_INFINITY;
                     }
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Advances the parser over a chosen token.
-    pub(crate) fn commit(&mut self, token: u32) -> Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| failure(&e))
-    }
-
-    /// Whether the grammar is complete and allows nothing more.
-    pub(crate) fn is_done(&self) -> bool {
-        self.matcher.is_stopped()
     }
 }
 
-fn failure(e: &impl std::fmt::Display) -> String {
-    format!("the output constraint failed: {e}")
+/// The next mask of `matcher`, or why there is none (one line).
+pub(crate) fn next_mask(matcher: &mut Matcher) -> Result<SimpleVob, String> {
+    let allowed = matcher.compute_mask().map_err(|e| one_line(&e))?;
+    if allowed.num_set() == 0 {
+        return Err("the grammar allows no next token".into());
+    }
+    Ok(allowed)
+}
+
+/// A grammar failure as one sentence: llguidance's first line, without
+/// the parser state it appends (token lists, statistics), which is no
+/// business of the client's.
+pub(crate) fn one_line(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let first = text
+        .split("<state>")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("the grammar failed")
+        .trim();
+    let mut why: String = first.chars().take(300).collect();
+    if why.len() < first.len() {
+        why.push('…');
+    }
+    why
 }
 
 /// Compiles grammars for one model. The vocabulary trie is built on the
@@ -117,14 +132,18 @@ impl Compiler {
             .get_or_init(|| factory(&self.model))
             .as_ref()
             .map_err(Clone::clone)?;
+        if let Grammar::JsonSchema(s) = &grammar {
+            schema::check(s)?;
+        }
         let parser = factory
             .create_parser(grammar.into_llguidance())
-            .map_err(|e| e.to_string())?;
-        let matcher = Matcher::new(Ok(parser));
+            .map_err(|e| one_line(&e))?;
+        let mut matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(e);
+            return Err(one_line(&e));
         }
-        Ok(Constraint { matcher })
+        let first = next_mask(&mut matcher)?;
+        Ok(Constraint { matcher, first })
     }
 }
 

@@ -108,6 +108,10 @@ pub enum Finish {
     TimedOut,
     /// The model failed on this request (the engine keeps serving).
     Error(String),
+    /// The request cannot go on for a reason of its own: its output
+    /// constraint failed (a parser limit was reached, or it allows no
+    /// token). A client error, described in one line.
+    Invalid(String),
 }
 
 /// Receives a request's events.
@@ -186,17 +190,23 @@ impl EngineConfig {
         }
     }
 
-    /// KV blocks the memory budget buys for `model`, or why the settings
-    /// cannot work.
-    pub fn kv_blocks(&self, lm: &LoadedModel) -> Result<usize, String> {
+    /// KV blocks the memory budget buys for a model of `config`, or why
+    /// the settings cannot work.
+    pub fn kv_blocks(&self, config: &lampo_model::Config) -> Result<usize, String> {
         if !self.block_size.is_power_of_two() {
             return Err(format!(
                 "the KV block size must be a power of two, not {}",
                 self.block_size
             ));
         }
-        if self.max_batch == 0 || self.n_ctx < 2 {
-            return Err("the batch and the context must hold at least one request".into());
+        if self.max_batch == 0 {
+            return Err("the batch must hold at least one request".into());
+        }
+        if self.n_ctx < 2 {
+            return Err(format!(
+                "a context of {} tokens holds no prompt and answer (at least 2)",
+                self.n_ctx
+            ));
         }
         if self.step_tokens < self.max_batch {
             return Err(format!(
@@ -204,7 +214,7 @@ impl EngineConfig {
                 self.step_tokens, self.max_batch
             ));
         }
-        let per_block = KvStore::block_bytes(&lm.model.config, self.block_size);
+        let per_block = KvStore::block_bytes(config, self.block_size);
         let blocks = self.kv_memory / per_block;
         // One request at full context must fit, with its next token.
         let needed = (self.n_ctx + 1).div_ceil(self.block_size);
@@ -219,6 +229,13 @@ impl EngineConfig {
             ));
         }
         Ok(blocks)
+    }
+
+    /// Bytes of KV memory that hold `n_ctx` positions of a model of
+    /// `config` (one request at full context, with its next token).
+    pub fn kv_bytes_for(&self, config: &lampo_model::Config, n_ctx: usize) -> usize {
+        let per_block = KvStore::block_bytes(config, self.block_size);
+        ((n_ctx + 1).div_ceil(self.block_size) + 1) * per_block
     }
 }
 
@@ -253,7 +270,7 @@ impl Engine {
         draft: Option<Arc<LoadedModel>>,
         config: EngineConfig,
     ) -> Result<Engine, String> {
-        let n_blocks = config.kv_blocks(&model)?;
+        let n_blocks = config.kv_blocks(&model.model.config)?;
         if let Some(d) = &draft {
             check_draft(&model, d)?;
         } else if config.speculation == SpecMode::Draft {

@@ -7,9 +7,11 @@ pub mod clock;
 pub mod constrain;
 pub mod engine;
 pub mod generate;
+mod masker;
 pub mod perplexity;
 pub mod sampling;
 mod scheduler;
+mod schema;
 pub mod speculate;
 
 pub use clock::{Clock, ClockHandle, SimClock, Work};
@@ -22,4 +24,5 @@ pub use perplexity::{PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingParams};
 pub use speculate::SpecMode;
 
+pub use lampo_kernels::parallel::background_priority;
 pub use lampo_model::ModelError;

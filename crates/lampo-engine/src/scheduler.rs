@@ -21,9 +21,9 @@ use lampo_model::{KvStore, LoadedModel, Logits, Sequence, StreamDecoder};
 
 use crate::blocks::{BlockId, BlockKey, BlockPool, Lookup};
 use crate::clock::Work;
-use crate::constrain::Constraint;
 use crate::engine::{Counters, Done, EngineConfig, Event, Finish, Job, Sink, StopMatcher};
 use crate::generate::{TokenLogprob, logprobs_of};
+use crate::masker::{Masker, Ready};
 use crate::sampling::Sampler;
 use crate::speculate::{DraftState, Proposer, SpecMode, Speculator, ngram_proposal};
 
@@ -104,7 +104,7 @@ struct Seq {
     /// who proposed them, and how long proposing took.
     proposal: Option<(Proposer, usize, Option<Duration>)>,
     /// The grammar the output must follow, if any.
-    constraint: Option<Constraint>,
+    constraint: Option<Masker>,
 }
 
 impl Seq {
@@ -185,7 +185,7 @@ impl Scheduler<'_> {
                 None
             },
             proposal: None,
-            constraint: request.constraint,
+            constraint: request.constraint.map(Masker::new),
         });
     }
 
@@ -211,6 +211,14 @@ impl Scheduler<'_> {
         let plan = self.plan();
         if !plan.is_empty() {
             self.forward(&plan);
+        } else if let Some(m) = self
+            .running
+            .iter_mut()
+            .filter(|s| s.finish.is_none())
+            .find_map(|s| s.constraint.as_mut())
+        {
+            // Only grammars are working: wait for one rather than spin.
+            m.wait(Duration::from_millis(1));
         }
         let now = self.cfg.clock.now();
         for seq in self.running.iter_mut() {
@@ -330,8 +338,8 @@ impl Scheduler<'_> {
         // Decoding requests first, each needing room for one more position.
         let mut at = 0;
         while at < self.running.len() {
-            let seq = &self.running[at];
-            if seq.finish.is_some() || seq.tokens.len() - seq.computed != 1 {
+            let seq = &mut self.running[at];
+            if seq.finish.is_some() || seq.tokens.len() - seq.computed != 1 || !grammar_ready(seq) {
                 at += 1;
                 continue;
             }
@@ -366,7 +374,7 @@ impl Scheduler<'_> {
             .cfg
             .step_tokens
             .saturating_sub(plan.iter().map(|p| p.n).sum());
-        for (at, seq) in self.running.iter().enumerate() {
+        for (at, seq) in self.running.iter_mut().enumerate() {
             let left = seq.tokens.len() - seq.computed;
             if budget == 0 {
                 break;
@@ -375,7 +383,13 @@ impl Scheduler<'_> {
             if seq.finish.is_some() || left < 2 || seq.proposal.is_some() {
                 continue;
             }
-            let n = left.min(budget);
+            // The last chunk's logits are sampled at once: under a grammar,
+            // only with its mask ready.
+            let n = if left <= budget && !grammar_ready(seq) {
+                left - 1
+            } else {
+                left.min(budget)
+            };
             budget -= n;
             plan.push(Planned {
                 at,
@@ -604,6 +618,29 @@ impl Scheduler<'_> {
     }
 }
 
+/// Whether `seq` may compute logits to sample this step: yes, unless its
+/// grammar's next mask is still being computed. A grammar that has
+/// completed or failed ends the request here.
+fn grammar_ready(seq: &mut Seq) -> bool {
+    let Some(m) = seq.constraint.as_mut() else {
+        return true;
+    };
+    match m.poll() {
+        Ready::Mask(_) => true,
+        Ready::Pending => false,
+        Ready::Done => {
+            seq.finish = Some(Finish::Stop);
+            false
+        }
+        Ready::Failed(e) => {
+            seq.finish = Some(Finish::Invalid(format!(
+                "the output constraint failed: {e}"
+            )));
+            false
+        }
+    }
+}
+
 enum Admission {
     Admitted,
     /// Waits for a prefix another request is computing.
@@ -618,9 +655,11 @@ fn next_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, mut logits: Vec<f32
     // The sampler reshapes logits in place: keep the model's own.
     let raw = seq.params.logprobs.map(|_| logits.clone());
     if let Some(c) = seq.constraint.as_mut()
-        && let Err(e) = c.mask(&mut logits)
+        && let Err(e) = c.apply(&mut logits)
     {
-        seq.finish = Some(Finish::Error(e));
+        seq.finish = Some(Finish::Invalid(format!(
+            "the output constraint failed: {e}"
+        )));
         return;
     }
     let next = seq.sampler.sample(&mut logits);
@@ -663,7 +702,9 @@ fn deliver_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, next: u32, raw: 
     if let Some(c) = seq.constraint.as_mut()
         && let Err(e) = c.commit(next)
     {
-        seq.finish = Some(Finish::Error(e));
+        seq.finish = Some(Finish::Invalid(format!(
+            "the output constraint failed: {e}"
+        )));
         return;
     }
     if tok.is_eog(next) {
@@ -678,7 +719,7 @@ fn deliver_token(lm: &LoadedModel, n_ctx: usize, seq: &mut Seq, next: u32, raw: 
         seq.finish.get_or_insert(Finish::Cancelled);
         return;
     }
-    if seq.output.hit_stop || seq.constraint.as_ref().is_some_and(Constraint::is_done) {
+    if seq.output.hit_stop {
         seq.finish = Some(Finish::Stop);
     } else if seq.generated() >= seq.params.max_tokens || seq.tokens.len() > n_ctx {
         seq.finish = Some(Finish::Length);

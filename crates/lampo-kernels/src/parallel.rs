@@ -34,6 +34,24 @@ pub fn threads() -> usize {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (Linux: nice +10), so
+/// that background work on it (compiling a grammar, following one) takes
+/// the cores only when the compute threads leave them: on a machine with
+/// as many compute threads as cores, work at normal priority beside them
+/// slows every step down. Elsewhere it does nothing.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its integer arguments; who = 0 is
+        // the calling thread (Linux gives each thread its own nice value),
+        // and raising one's own nice value needs no privilege. Failure is
+        // harmless: the thread keeps its priority.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        }
+    }
+}
+
 /// Physical cores: a second hardware thread of a core shares its execution
 /// units and cache, so it adds sync cost but little speed to these kernels.
 pub fn physical_cores() -> usize {

@@ -243,6 +243,87 @@ pub struct CompletionResponse {
     pub usage: Usage,
 }
 
+/// One event of a streamed chat completion (`stream: true`), sent as
+/// server-sent events `data: {...}` and ended by `data: [DONE]`. A
+/// request that fails on the way (a grammar limit, a timeout, the server
+/// shutting down) ends with an [`ErrorBody`] event, then `[DONE]`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatChunk {
+    pub id: String,
+    /// `chat.completion.chunk`
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// In a last chunk with no choices, when `stream_options.include_usage` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+    /// Set in the choice's last chunk only.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// What a chunk adds to the answer: the role (first chunk), text, or
+/// pieces of tool calls.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+/// A piece of tool call `index`: its id, type and name in its first
+/// piece, then fragments of its arguments.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// One event of a streamed text completion.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CompletionChunk {
+    pub id: String,
+    /// `text_completion`
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CompletionChunkChoice {
+    pub index: usize,
+    pub text: String,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<&'static str>,
+}
+
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,

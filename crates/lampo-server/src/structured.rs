@@ -8,8 +8,11 @@ use lampo_engine::{Constraint, Engine, Grammar};
 use lampo_model::tools::{CallParser, Piece, ToolChoice, ToolFormat, ToolSpec};
 use serde_json::{Value, json};
 
-use crate::ApiError;
-use crate::openai::{FunctionCall, ResponseFormat, Tool, ToolCall, ToolChoiceParam};
+use crate::error::ApiError;
+use crate::openai::{
+    ChatDelta, FunctionCall, FunctionDelta, ResponseFormat, Tool, ToolCall, ToolCallDelta,
+    ToolChoiceParam,
+};
 
 /// What a chat request asks of its output's shape.
 #[derive(Default)]
@@ -227,7 +230,7 @@ fn blame(engine: &Engine, specs: &[ToolSpec], has_answer: bool, error: String) -
 
 /// A fresh call id, as OpenAI shapes them.
 pub fn call_id() -> String {
-    crate::random_id("call")
+    crate::state::random_id("call")
 }
 
 /// A chat answer split into text and calls.
@@ -280,28 +283,47 @@ impl DeltaStream {
         }
     }
 
-    /// The `delta` objects for a piece of text (`end`: the text is over).
-    pub fn deltas(&mut self, text: &str, end: bool) -> Vec<Value> {
+    /// The deltas for a piece of text (`end`: the text is over).
+    pub fn deltas(&mut self, text: &str, end: bool) -> Vec<ChatDelta> {
+        let content = |t: String| ChatDelta {
+            content: Some(t),
+            ..ChatDelta::default()
+        };
         let parser = match self {
             DeltaStream::Text if end && text.is_empty() => return Vec::new(),
-            DeltaStream::Text => return vec![json!({"content": text})],
+            DeltaStream::Text => return vec![content(text.to_string())],
             DeltaStream::Calls(p) => p,
         };
         let mut pieces = parser.push(text);
         if end {
             pieces.extend(parser.finish());
         }
+        let call = |d: ToolCallDelta| ChatDelta {
+            tool_calls: vec![d],
+            ..ChatDelta::default()
+        };
         pieces
             .into_iter()
             .map(|p| match p {
-                Piece::Content(t) => json!({"content": t}),
-                Piece::CallStart { index, name } => json!({"tool_calls": [{
-                    "index": index, "id": call_id(), "type": "function",
-                    "function": {"name": name, "arguments": ""},
-                }]}),
-                Piece::Arguments { index, text } => json!({"tool_calls": [{
-                    "index": index, "function": {"arguments": text},
-                }]}),
+                Piece::Content(t) => content(t),
+                Piece::CallStart { index, name } => call(ToolCallDelta {
+                    index,
+                    id: Some(call_id()),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(name),
+                        arguments: Some(String::new()),
+                    },
+                }),
+                Piece::Arguments { index, text } => call(ToolCallDelta {
+                    index,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta {
+                        name: None,
+                        arguments: Some(text),
+                    },
+                }),
             })
             .collect()
     }

@@ -139,7 +139,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
         ..EngineConfig::new(ctx)
     };
     // The conversation so far stays in the prefix cache: room for two contexts.
-    config.kv_memory = 2 * config.kv_bytes_for(&lm.model.config, ctx);
+    let draft_config = draft.as_ref().map(|d| &d.model.config);
+    config.kv_memory = 2 * config.kv_bytes_for(&lm.model.config, draft_config, ctx);
     check_memory(config.kv_memory, &format!("a {ctx}-token conversation"))?;
     let name = lm
         .model

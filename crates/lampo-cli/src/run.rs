@@ -115,7 +115,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         max_proposal: a.spec.max_proposal,
         ..EngineConfig::new(reach)
     };
-    config.kv_memory = config.kv_bytes_for(&lm.model.config, reach);
+    let draft_config = draft.as_ref().map(|d| &d.model.config);
+    config.kv_memory = config.kv_bytes_for(&lm.model.config, draft_config, reach);
     check_memory(config.kv_memory, &format!("a {reach}-token answer"))?;
     let kv_bytes = config.kv_memory;
     let engine =

@@ -138,8 +138,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_proposal: a.spec.max_proposal,
         ..EngineConfig::new(ctx)
     };
+    // The draft's cache shares the budget: its file is read for its shape.
+    let draft_config = match &a.spec.draft {
+        Some(d) => {
+            let path = models::resolve(Some(d))?;
+            let file = lampo_model::GgufFile::open(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(lampo_model::Config::from_gguf(&file.gguf)?)
+        }
+        None => None,
+    };
     config
-        .kv_blocks(&model_config)
+        .kv_blocks(&model_config, draft_config.as_ref())
         .map_err(|e| anyhow::anyhow!("cannot serve with these settings: {e}"))?;
     check_memory(a.kv_memory, "--kv-memory")?;
     if a.spec.spec == lampo_engine::SpecMode::Draft && a.spec.draft.is_none() {

@@ -1,28 +1,33 @@
-//! Lampo's engine: turning a model's logits into text. Sampling, generation
-//! with streamed output and stop strings, the request interface servers
-//! use, and perplexity evaluation. No HTTP here.
+//! Lampo's engine: from a tokenized request to text events, with no HTTP.
+//! The handle ([`Engine`]) queues [`Request`]s; its worker batches them
+//! step by step ([`scheduler`]: plan, run, output) over a paged KV cache
+//! with prefix reuse ([`blocks`]), sampling ([`sampling`]), speculative
+//! decoding ([`speculate`]) and output constraints ([`constrain`]).
+//! Perplexity evaluation sits beside it.
 
 mod blocks;
 pub mod clock;
 pub mod constrain;
 pub mod engine;
-pub mod generate;
 mod masker;
 pub mod perplexity;
+pub mod request;
 pub mod sampling;
 mod scheduler;
 mod schema;
 pub mod speculate;
+mod stops;
 
 pub use clock::{Clock, ClockHandle, SimClock, Work};
 pub use constrain::{Constraint, Grammar};
-pub use engine::{
-    Done, Engine, EngineConfig, Event, Finish, Load, Rejected, Request, Sink, StopMatcher,
-};
-pub use generate::{FinishReason, GenerateParams, Generation, Session, TokenLogprob};
+pub use engine::{Engine, EngineConfig};
 pub use perplexity::{PerplexityReport, perplexity};
+pub use request::{
+    Done, Event, Finish, GenerateParams, Load, Rejected, Request, Sink, TokenLogprob,
+};
 pub use sampling::{Sampler, SamplingParams};
 pub use speculate::SpecMode;
+pub use stops::StopMatcher;
 
 pub use lampo_kernels::parallel::background_priority;
 pub use lampo_model::ModelError;

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::request::TokenLogprob;
+
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
     /// 0 means greedy (argmax).
@@ -273,6 +275,30 @@ impl Sampler {
 }
 
 /// Index of the largest logit; the lowest index wins ties.
+/// Log-probability of `token` and the `k` most likely tokens, from logits.
+pub(crate) fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if top.len() < k || top.last().is_some_and(|&(_, m)| l > m) {
+            let at = top.partition_point(|&(_, m)| m >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(k);
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - lse,
+        top: top.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+    }
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -286,6 +312,23 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_normalized_and_top_is_sorted() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0, 3.0];
+        let lp = logprobs_of(&logits, 2, 3);
+        let total: f64 = logits.iter().map(|&l| ((l - 3.0) as f64).exp()).sum();
+        let want = (2.0 - 3.0) - total.ln() as f32;
+        assert!((lp.logprob - want).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 4, 2]);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let p: f64 = logits
+            .iter()
+            .map(|&l| ((l - 3.0) as f64).exp() / total)
+            .sum();
+        assert!((p - 1.0).abs() < 1e-9);
+        assert!(logprobs_of(&logits, 0, 0).top.is_empty());
+    }
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
         let mut p = SamplingParams {

@@ -14,9 +14,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use lampo_model::{KvCache, LoadedModel, Logits, ModelError};
-
-use crate::sampling::argmax;
+use lampo_model::LoadedModel;
 
 /// Which proposer requests use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,73 +112,6 @@ pub fn ngram_proposal(tokens: &[u32], k: usize) -> Vec<u32> {
     tokens[from..(from + k).min(len)].to_vec()
 }
 
-/// A request's copy of the draft model's cache.
-pub struct DraftState {
-    kv: KvCache,
-    /// Forward passes run and positions computed so far (for the clock).
-    passes: usize,
-    positions: usize,
-}
-
-impl DraftState {
-    pub fn new(draft: &LoadedModel, n_ctx: usize) -> DraftState {
-        DraftState {
-            kv: KvCache::new(&draft.model.config, n_ctx),
-            passes: 0,
-            positions: 0,
-        }
-    }
-
-    /// Forward passes run and positions computed since the start.
-    pub fn work(&self) -> (usize, usize) {
-        (self.passes, self.positions)
-    }
-
-    /// Tokens of `tokens` the draft has not seen yet (the whole prompt at
-    /// first): what the next proposal computes before proposing.
-    pub fn behind(&self, tokens: &[u32]) -> usize {
-        tokens.len() - self.kv.len().min(tokens.len())
-    }
-
-    /// The draft's greedy continuation of `tokens`, `k` tokens long (fewer
-    /// near the end of the context). Positions it already holds are not
-    /// recomputed.
-    pub fn propose(
-        &mut self,
-        draft: &LoadedModel,
-        tokens: &[u32],
-        k: usize,
-    ) -> Result<Vec<u32>, ModelError> {
-        let k = k.min(self.kv.capacity().saturating_sub(tokens.len()));
-        let mut out = Vec::with_capacity(k);
-        if k == 0 {
-            return Ok(out);
-        }
-        self.kv.truncate(tokens.len().saturating_sub(1));
-        let held = self.kv.len();
-        self.passes += 1;
-        self.positions += tokens.len() - held;
-        let mut logits = draft
-            .model
-            .forward(&tokens[held..], &mut self.kv, Logits::Last)?;
-        loop {
-            let next = argmax(&logits);
-            out.push(next);
-            if out.len() == k {
-                return Ok(out);
-            }
-            self.passes += 1;
-            self.positions += 1;
-            logits = draft.model.forward(&[next], &mut self.kv, Logits::Last)?;
-        }
-    }
-
-    /// Keeps the first `valid` positions (the tokens accepted).
-    pub fn rollback(&mut self, valid: usize) {
-        self.kv.truncate(valid);
-    }
-}
-
 /// One request's speculation: its proposer state and the measurements
 /// that choose each step's proposal length. A proposal of k tokens, each
 /// accepted with probability a, yields 1 + a + ... + a^k tokens on average
@@ -189,7 +120,6 @@ impl DraftState {
 /// that yields most tokens per second, and none when plain decoding does.
 pub struct Speculator {
     pub mode: SpecMode,
-    pub draft: Option<DraftState>,
     ngram: Proposals,
     drafted: Proposals,
     /// Seconds of a step without a proposal (moving average).
@@ -253,7 +183,7 @@ const TRIAL_STEPS: usize = 2;
 const PROBE_EVERY: usize = 16;
 const PROBE_K: usize = 2;
 /// Most tokens the draft model proposes per step.
-const DRAFT_MAX: usize = 8;
+pub const DRAFT_MAX: usize = 8;
 /// Speculate only when it is expected to be at least this much faster.
 const MARGIN: f64 = 1.03;
 /// Before measuring: what verifying one more position, and the draft
@@ -262,10 +192,9 @@ const PRIOR_PER_POSITION: f64 = 0.2;
 const PRIOR_DRAFT_TOKEN: f64 = 0.35;
 
 impl Speculator {
-    pub fn new(mode: SpecMode, draft: Option<DraftState>, max_k: usize) -> Speculator {
+    pub fn new(mode: SpecMode, max_k: usize) -> Speculator {
         Speculator {
             mode,
-            draft,
             ngram: Proposals::new(max_k, 0.6),
             drafted: Proposals::new(max_k.min(DRAFT_MAX), 0.7),
             plain: None,
@@ -402,7 +331,7 @@ mod tests {
     #[test]
     fn proposal_lengths_follow_acceptance_and_cost() {
         let ms = Duration::from_millis;
-        let mut s = Speculator::new(SpecMode::Auto, None, 16);
+        let mut s = Speculator::new(SpecMode::Auto, 16);
         // The first steps measure plain decoding.
         assert!((0..TRIAL_STEPS).all(|_| !s.active()));
         assert_eq!(s.length(Proposer::NGram), 0, "no plain step measured yet");
@@ -438,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_fixed_speculator_always_proposes_the_most() {
-        let mut s = Speculator::new(SpecMode::Auto, None, 16).fixed();
+        let mut s = Speculator::new(SpecMode::Auto, 16).fixed();
         assert!(s.active(), "no plain steps first");
         assert_eq!(s.length(Proposer::NGram), 16);
         assert_eq!(s.length(Proposer::Draft), DRAFT_MAX);
@@ -454,7 +383,7 @@ mod tests {
         let lengths: Vec<usize> = [1u64, 6, 40]
             .iter()
             .map(|&per_position| {
-                let mut s = Speculator::new(SpecMode::NGram, None, 16);
+                let mut s = Speculator::new(SpecMode::NGram, 16);
                 s.record_plain(ms(30));
                 for _ in 0..10 {
                     // Eight of every ten proposed tokens accepted.

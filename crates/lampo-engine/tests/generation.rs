@@ -1,12 +1,16 @@
 //! End-to-end generation on real models: greedy chat answers, seeded
-//! reproducibility, and streaming that never splits a character.
+//! reproducibility, prefix reuse across turns, and streaming that never
+//! splits a character.
 
 mod common;
 
-use lampo_engine::{FinishReason, GenerateParams, SamplingParams, Session};
+use std::sync::Arc;
+
+use common::Solo;
+use lampo_engine::{Finish, GenerateParams, Rejected, SamplingParams};
 use lampo_model::{LoadedModel, Message};
 
-fn chat(lm: &LoadedModel, user: &str, params: &GenerateParams) -> (String, FinishReason) {
+fn chat(lm: &Arc<LoadedModel>, user: &str, params: &GenerateParams) -> (String, Finish) {
     let text = lm
         .chat_template
         .as_ref()
@@ -14,14 +18,8 @@ fn chat(lm: &LoadedModel, user: &str, params: &GenerateParams) -> (String, Finis
         .render(&[Message::new("user", user)], true, None)
         .unwrap();
     let prompt = lm.tokenizer.encode(&text, false, true).unwrap();
-    let mut out = String::new();
-    let g = Session::new(lm, 2048)
-        .generate(&prompt, params, |t| {
-            out.push_str(t);
-            true
-        })
-        .unwrap();
-    (out, g.finish)
+    let (out, done) = Solo::new(lm, 2048).run(&prompt, params).unwrap();
+    (out, done.finish)
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
@@ -34,7 +32,7 @@ fn greedy(max_tokens: usize) -> GenerateParams {
 
 #[test]
 fn smollm2_knows_the_capital_of_france() {
-    let lm = common::load("smollm2");
+    let lm = Arc::new(common::load("smollm2"));
     let (answer, finish) = chat(
         &lm,
         "What is the capital of France? Answer in one sentence.",
@@ -43,14 +41,14 @@ fn smollm2_knows_the_capital_of_france() {
     assert!(answer.contains("Paris"), "answer: {answer:?}");
     assert_eq!(
         finish,
-        FinishReason::Stop,
+        Finish::Stop,
         "a short answer ends with <|im_end|>: {answer:?}"
     );
 }
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let lm = common::load("smollm2");
+    let lm = Arc::new(common::load("smollm2"));
     let params = |seed| GenerateParams {
         max_tokens: 24,
         sampling: SamplingParams {
@@ -68,54 +66,56 @@ fn seeded_sampling_is_reproducible() {
 }
 
 #[test]
-fn session_reuses_the_cached_prefix() {
-    let lm = common::load("smollm2");
+fn a_second_turn_reuses_the_first_from_the_prefix_cache() {
+    let lm = Arc::new(common::load("smollm2"));
     let prompt = lm
         .tokenizer
         .encode(
-            "The quick brown fox jumps over the lazy dog. The dog",
+            &"The quick brown fox jumps over the lazy dog. ".repeat(6),
             false,
             false,
         )
         .unwrap();
-    let mut session = Session::new(&lm, 256);
-    let first = session.generate(&prompt, &greedy(8), |_| true).unwrap();
-    assert_eq!(first.prompt_evaluated, prompt.len());
-    // The second turn extends the first: only the new tokens are evaluated,
-    // and the output equals a fresh session's.
+    let solo = Solo::new(&lm, 256);
+    let (first, _) = solo.run(&prompt, &greedy(8)).unwrap();
+    assert_eq!(solo.engine.load().prefill_tokens as usize, prompt.len());
+    // The second turn extends the first: only what follows the last full
+    // block of the first is computed, and the output equals a fresh
+    // engine's.
     let mut longer = prompt.clone();
-    longer.extend(&first.tokens);
+    longer.extend(lm.tokenizer.encode(&first, false, false).unwrap());
     longer.extend(lm.tokenizer.encode(" Then", false, false).unwrap());
-    let second = session.generate(&longer, &greedy(8), |_| true).unwrap();
+    let before = solo.engine.load().prefill_tokens as usize;
+    let (second, _) = solo.run(&longer, &greedy(8)).unwrap();
+    let computed = solo.engine.load().prefill_tokens as usize - before;
     assert!(
-        second.prompt_evaluated < 4,
-        "evaluated {} tokens again",
-        second.prompt_evaluated
+        computed <= longer.len() - prompt.len() + 16,
+        "computed {computed} of {} tokens again",
+        longer.len()
     );
-    let fresh = Session::new(&lm, 256)
-        .generate(&longer, &greedy(8), |_| true)
-        .unwrap();
-    assert_eq!(second.tokens, fresh.tokens);
+    let (fresh, _) = Solo::new(&lm, 256).run(&longer, &greedy(8)).unwrap();
+    assert_eq!(second, fresh);
 }
 
 #[test]
-fn context_overflow_is_an_error_not_a_panic() {
-    let lm = common::load("smollm2");
+fn a_prompt_that_fills_the_context_is_refused_not_a_panic() {
+    let lm = Arc::new(common::load("smollm2"));
     let prompt = lm
         .tokenizer
         .encode(&"word ".repeat(100), false, false)
         .unwrap();
-    let err = Session::new(&lm, 16)
-        .generate(&prompt, &greedy(4), |_| true)
-        .unwrap_err();
-    assert!(err.to_string().contains("context full"), "{err}");
+    let err = Solo::new(&lm, 16).run(&prompt, &greedy(4)).unwrap_err();
+    match err {
+        Rejected::Invalid(why) => assert!(why.contains("context holds 16"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// The Qwen coder writes a Python function that actually works: its code
 /// block is run by python3 against test cases.
 #[test]
 fn qwen05b_writes_a_working_python_function() {
-    let lm = common::load("qwen05b");
+    let lm = Arc::new(common::load("qwen05b"));
     let (answer, _) = chat(
         &lm,
         "Write a Python function is_prime(n) that returns True when n is a prime number. Reply with only the code.",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lampo_engine::{
     Clock, ClockHandle, Engine, EngineConfig, Event, Finish, GenerateParams, Load, Rejected,
-    Request, SamplingParams, Session, SimClock, Sink,
+    Request, SamplingParams, SimClock, Sink,
 };
 use lampo_model::LoadedModel;
 
@@ -110,16 +110,9 @@ fn submit_client(engine: &Engine, r: Request, patience: Option<usize>) -> Result
     Ok(Handle { rx, gone })
 }
 
-fn solo(lm: &LoadedModel, prompt: &[u32], p: &GenerateParams) -> String {
-    let mut session = Session::new(lm, 2048);
-    let mut text = String::new();
-    session
-        .generate(prompt, p, |t| {
-            text.push_str(t);
-            true
-        })
-        .unwrap();
-    text
+/// The request alone, one at a time through an engine of its own.
+fn solo(lm: &Arc<LoadedModel>, prompt: &[u32], p: &GenerateParams) -> String {
+    common::Solo::new(lm, 2048).run(prompt, p).unwrap().0
 }
 
 /// Waits until `cond` holds for the engine's load (or fails after 60 s).

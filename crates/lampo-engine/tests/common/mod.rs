@@ -26,3 +26,51 @@ pub fn load(name: &str) -> LoadedModel {
     );
     LoadedModel::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
+
+/// One request at a time through an engine of its own: the reference the
+/// batched runs are compared with.
+#[allow(dead_code)]
+pub struct Solo {
+    pub engine: lampo_engine::Engine,
+}
+
+#[allow(dead_code)]
+impl Solo {
+    pub fn new(lm: &std::sync::Arc<LoadedModel>, n_ctx: usize) -> Solo {
+        let config = lampo_engine::EngineConfig {
+            max_batch: 1,
+            ..lampo_engine::EngineConfig::new(n_ctx)
+        };
+        Solo {
+            engine: lampo_engine::Engine::start(lm.clone(), config).expect("engine starts"),
+        }
+    }
+
+    /// The text of `prompt`'s continuation and how it ended.
+    pub fn run(
+        &self,
+        prompt: &[u32],
+        params: &lampo_engine::GenerateParams,
+    ) -> Result<(String, lampo_engine::Done), lampo_engine::Rejected> {
+        use lampo_engine::{Event, Request};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let request = Request {
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+            stop: Vec::new(),
+            timeout: None,
+            constraint: None,
+        };
+        self.engine
+            .submit(request, move |e: Event| tx.send(e).is_ok())?;
+        let mut text = String::new();
+        for e in rx {
+            match e {
+                Event::Text { text: t, .. } => text.push_str(&t),
+                Event::Done(d) => return Ok((text, d)),
+                Event::Started => {}
+            }
+        }
+        panic!("the engine ended a request without telling it")
+    }
+}

@@ -1,0 +1,349 @@
+//! The engine's worker: continuous batching over a paged KV cache, as
+//! three stages a step goes through.
+//!
+//! - [`plan`]: the scheduler proper, pure bookkeeping. It admits waiting
+//!   requests, pages their KV blocks (sharing prefixes, preempting the
+//!   youngest when memory runs out) and says what the step computes:
+//!   every running request's next token and, within a token budget,
+//!   prompt chunks.
+//! - [`runner`]: runs that plan on the model in one forward pass (each
+//!   weight read once for everybody), and the draft model's proposals.
+//! - [`output`]: samples and verifies, turns tokens into text and hands
+//!   events to the clients.
+//!
+//! Requests join and leave between steps. A request's tokens never
+//! depend on the others in its batch: the forward pass treats each
+//! sequence alone.
+
+mod output;
+pub(crate) mod plan;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use lampo_model::{LoadedModel, Logits};
+
+use crate::engine::{EngineConfig, Job};
+use crate::request::{Counters, Finish};
+use crate::speculate::{Proposer, SpecMode, Speculator, ngram_proposal};
+use output::Stream;
+use plan::{Planner, SeqId};
+use runner::Runner;
+
+/// Tokens a draft may read before proposing and still have its proposal
+/// timed (more means it is reading the prompt).
+const CATCH_UP: usize = 8;
+
+/// Serves jobs from `jobs` until every sender is gone and no work is left.
+pub(crate) fn run(
+    lm: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    cfg: &EngineConfig,
+    n_blocks: usize,
+    jobs: mpsc::Receiver<Job>,
+    counters: &Counters,
+) {
+    let mut w = Worker {
+        lm,
+        cfg,
+        counters,
+        planner: Planner::new(cfg.block_size, n_blocks, cfg.max_batch, cfg.step_tokens),
+        streams: HashMap::new(),
+        runner: Runner::new(lm, draft, cfg.block_size, n_blocks, cfg.clock.clone()),
+        next_id: 0,
+    };
+    loop {
+        if w.planner.is_idle() {
+            match jobs.recv() {
+                Ok(job) => w.enqueue(job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            w.enqueue(job);
+        }
+        w.step();
+    }
+}
+
+struct Worker<'a> {
+    lm: &'a LoadedModel,
+    cfg: &'a EngineConfig,
+    counters: &'a Counters,
+    planner: Planner,
+    streams: HashMap<SeqId, Stream>,
+    runner: Runner<'a>,
+    next_id: SeqId,
+}
+
+/// A proposal made this step: by whom, how many tokens, how long it took
+/// (`None`: not a fair measure of proposing).
+type Proposal = (Proposer, usize, Option<Duration>);
+
+impl Worker<'_> {
+    fn enqueue(&mut self, job: Job) {
+        let Job {
+            request,
+            sink,
+            deadline,
+        } = job;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.planner.enqueue(id, request.prompt.clone());
+        let stream = Stream::new(request, sink, deadline, self.speculator());
+        self.streams.insert(id, stream);
+    }
+
+    fn speculator(&self) -> Option<Speculator> {
+        let mode = self.cfg.speculation;
+        if mode == SpecMode::Off || self.cfg.max_proposal == 0 {
+            return None;
+        }
+        let spec = Speculator::new(mode, self.cfg.max_proposal);
+        Some(if self.cfg.adaptive_speculation {
+            spec
+        } else {
+            spec.fixed()
+        })
+    }
+
+    fn stream(&mut self, id: SeqId) -> &mut Stream {
+        self.streams
+            .get_mut(&id)
+            .expect("every request has a stream")
+    }
+
+    fn step(&mut self) {
+        self.reap_waiting();
+        let stats_before = self.planner.stats;
+        for id in self.planner.admit() {
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.counters.running.fetch_add(1, Ordering::Relaxed);
+            self.stream(id).start();
+        }
+        for id in self.planner.make_room() {
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
+            self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+            self.runner.draft_forget(id);
+        }
+        // Requests whose grammar ended or failed, or whose client left as
+        // it was told it started, leave before any work is planned.
+        let mut ready: HashMap<SeqId, bool> = HashMap::new();
+        for slot in self.planner.running() {
+            let s = streams_get(&mut self.streams, slot.id);
+            let ok = s.finish.is_none() && s.may_sample();
+            ready.insert(slot.id, ok);
+        }
+        self.retire();
+        let proposals = self.propose();
+        let plan = self
+            .planner
+            .plan(|id| ready.get(&id).copied().unwrap_or(false));
+        if plan.is_empty() {
+            // Only grammars are working: wait for one rather than spin.
+            if let Some(s) = self
+                .streams
+                .values_mut()
+                .find(|s| s.finish.is_none() && s.has_grammar())
+            {
+                s.wait_for_grammar(Duration::from_millis(1));
+            }
+        } else {
+            self.run_plan(&plan, &proposals);
+        }
+        let now = self.cfg.clock.now();
+        for slot in self.planner.running() {
+            let s = streams_get(&mut self.streams, slot.id);
+            if s.finish.is_none() && s.is_closed() {
+                s.finish = Some(Finish::Cancelled);
+            }
+            if s.finish.is_none() && s.deadline.is_some_and(|d| now >= d) {
+                s.finish = Some(Finish::TimedOut);
+            }
+        }
+        self.retire();
+        let st = self.planner.stats;
+        let c = self.counters;
+        c.prefix_queries.fetch_add(
+            st.prefix_queries - stats_before.prefix_queries,
+            Ordering::Relaxed,
+        );
+        c.prefix_hits
+            .fetch_add(st.prefix_hits - stats_before.prefix_hits, Ordering::Relaxed);
+        c.preemptions
+            .fetch_add(st.preemptions - stats_before.preemptions, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Ends waiting requests whose client left or whose time is up.
+    fn reap_waiting(&mut self) {
+        let now = self.cfg.clock.now();
+        let gone: Vec<(SeqId, Finish)> = self
+            .planner
+            .waiting()
+            .filter_map(|id| {
+                let s = &self.streams[&id];
+                if s.is_closed() {
+                    Some((id, Finish::Cancelled))
+                } else if s.deadline.is_some_and(|d| now >= d) {
+                    Some((id, Finish::TimedOut))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, finish) in gone {
+            self.planner.remove(id);
+            self.runner.draft_forget(id);
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            let mut s = self.streams.remove(&id).expect("a stream");
+            s.finish = Some(finish);
+            s.end();
+        }
+    }
+
+    /// Proposes tokens for the decoding requests that speculate, within
+    /// the room their blocks (and the free ones) give.
+    fn propose(&mut self) -> HashMap<SeqId, Proposal> {
+        let mut made = HashMap::new();
+        for id in self.planner.decoding() {
+            let has_draft = self.runner.has_draft();
+            let s = streams_get(&mut self.streams, id);
+            if s.finish.is_some() {
+                continue;
+            }
+            let room = s.proposal_room(self.cfg.n_ctx);
+            let Some(spec) = s.spec.as_mut() else {
+                continue;
+            };
+            if room == 0 || !spec.active() {
+                continue;
+            }
+            let clock = &self.cfg.clock;
+            let start = clock.now();
+            let slot = self.planner.slot(id).expect("decoding");
+            let mut proposer = Proposer::NGram;
+            let mut catching_up = false;
+            let mut tokens = match spec.mode {
+                SpecMode::NGram | SpecMode::Auto => {
+                    ngram_proposal(&slot.tokens, spec.length(Proposer::NGram).min(room))
+                }
+                _ => Vec::new(),
+            };
+            let k = spec.length(Proposer::Draft).min(room);
+            if tokens.is_empty() && has_draft && k > 0 {
+                proposer = Proposer::Draft;
+                let k = self.planner.room_for(id, k);
+                let slot = self.planner.slot(id).expect("decoding");
+                catching_up = self.runner.draft_behind(slot) > CATCH_UP;
+                tokens = self.runner.draft(slot, k);
+            }
+            let granted = self.planner.room_for(id, tokens.len());
+            tokens.truncate(granted);
+            if !tokens.is_empty() {
+                self.planner.propose(id, &tokens);
+                // A proposal that first read many tokens into the draft
+                // (the prompt, or text after plain steps) is not timed.
+                let time = (!catching_up).then(|| clock.now() - start);
+                made.insert(id, (proposer, tokens.len(), time));
+            }
+        }
+        made
+    }
+
+    /// Runs the planned work, then samples (or verifies) and delivers the
+    /// next token of every request that reached its end.
+    fn run_plan(&mut self, plan: &[plan::Item], proposals: &HashMap<SeqId, Proposal>) {
+        let clock = self.cfg.clock.clone();
+        let started = clock.now();
+        let result = self.runner.forward(plan, &self.planner);
+        let logits = match result {
+            Ok(l) => l,
+            Err(why) => {
+                for it in plan {
+                    // Unverified proposals are not output.
+                    self.planner.take_proposal(it.id);
+                    self.stream(it.id).finish = Some(Finish::Error(why.clone()));
+                }
+                return;
+            }
+        };
+        let step_time = clock.now() - started;
+        let (tok, n_ctx) = (&self.lm.tokenizer, self.cfg.n_ctx);
+        let n_vocab = self.lm.model.config.n_vocab;
+        for (it, logits) in plan.iter().zip(logits) {
+            let stream = self.streams.get_mut(&it.id).expect("a stream");
+            let generated = stream.generated;
+            if let Some(&(proposer, proposed, propose_time)) = proposals.get(&it.id) {
+                let proposal = self.planner.take_proposal(it.id);
+                let (delivered, accepted) = stream.verify(tok, n_ctx, n_vocab, &proposal, &logits);
+                let computed = it.start + 1 + accepted;
+                if let Some(spec) = stream.spec.as_mut() {
+                    spec.record(proposer, proposed, accepted, propose_time, step_time);
+                }
+                self.planner.commit(it.id, computed, &delivered);
+                self.runner.draft_rollback(it.id, computed);
+                let c = self.counters;
+                let (p_count, a_count) = match proposer {
+                    Proposer::NGram => (&c.ngram_proposed, &c.ngram_accepted),
+                    Proposer::Draft => (&c.draft_proposed, &c.draft_accepted),
+                };
+                p_count.fetch_add(proposed as u64, Ordering::Relaxed);
+                a_count.fetch_add(accepted as u64, Ordering::Relaxed);
+            } else {
+                let slot = self.planner.slot(it.id).expect("planned");
+                let n_prompt = slot.n_prompt;
+                let prompt_part = (it.start + it.n).min(n_prompt) - it.start.min(n_prompt);
+                self.counters
+                    .prefill_tokens
+                    .fetch_add(prompt_part as u64, Ordering::Relaxed);
+                let decoding = it.n == 1 && slot.decoding();
+                let mut new = Vec::new();
+                if it.logits == Logits::Last {
+                    if let Some(t) = stream.sample(tok, n_ctx, logits) {
+                        new.push(t);
+                    }
+                    if decoding && let Some(spec) = stream.spec.as_mut() {
+                        spec.record_plain(step_time);
+                    }
+                }
+                self.planner.commit(it.id, it.start + it.n, &new);
+            }
+            self.counters.generated_tokens.fetch_add(
+                (self.streams[&it.id].generated - generated) as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Removes ended requests, frees their blocks and tells their sinks.
+    fn retire(&mut self) {
+        let ended: Vec<SeqId> = self
+            .planner
+            .running()
+            .filter(|s| self.streams[&s.id].finish.is_some())
+            .map(|s| s.id)
+            .collect();
+        for id in ended {
+            self.planner.remove(id);
+            self.runner.draft_forget(id);
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
+            self.publish();
+            let mut s = self.streams.remove(&id).expect("a stream");
+            s.end();
+        }
+    }
+
+    fn publish(&self) {
+        let (in_use, total) = self.planner.blocks_in_use();
+        self.counters.blocks_in_use.store(in_use, Ordering::Relaxed);
+        self.counters.blocks_total.store(total, Ordering::Relaxed);
+    }
+}
+
+fn streams_get(streams: &mut HashMap<SeqId, Stream>, id: SeqId) -> &mut Stream {
+    streams.get_mut(&id).expect("every request has a stream")
+}

@@ -2,6 +2,9 @@
 //! HTTP/1.1 requests and responses, event streams, and waiting on the
 //! engine's load for the event a test means.
 
+// Shared by two test binaries, which use different parts of it.
+#![allow(dead_code, unused_imports)]
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use lampo_engine::{GenerateParams, SamplingParams, SpecMode};
+use lampo_kernels::{Activations, Cpu, Isa};
 use lampo_model::LoadedModel;
 
 use crate::models;
@@ -37,21 +38,35 @@ impl ModelArgs {
         check_threads(self.threads, self.force_threads)
     }
 
-    /// Loads the model with a spinner on a terminal.
+    /// The CPU backend these options ask for: the thread count, the
+    /// kernels `LAMPO_ISA` names (or the best this CPU runs), and how
+    /// activations meet the weights. Models that run together share it.
+    pub fn backend(&self) -> Result<Cpu> {
+        let threads = self.threads()?;
+        let isa = Isa::from_env().map_err(|e| anyhow!(e))?;
+        let cpu = Cpu::new(threads, isa).map_err(|e| anyhow!(e))?;
+        Ok(if self.f32_activations {
+            cpu.with_activations(Activations::F32)
+        } else {
+            cpu
+        })
+    }
+
+    /// Loads the model on a backend of its own, with a spinner on a terminal.
     pub fn load(&self) -> Result<LoadedModel> {
-        lampo_kernels::parallel::set_threads(self.threads()?);
+        self.load_on(self.backend()?)
+    }
+
+    /// Loads the model on `backend`.
+    pub fn load_on(&self, backend: Cpu) -> Result<LoadedModel> {
         let path = models::resolve(self.model.as_deref())?;
         let spinner = indicatif::ProgressBar::new_spinner()
             .with_message(format!("loading {}", path.display()));
         spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-        let lm =
-            LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()));
+        let lm = LoadedModel::load_with(&path, backend)
+            .with_context(|| format!("cannot load {}", path.display()));
         spinner.finish_and_clear();
-        let mut lm = lm?;
-        if self.f32_activations {
-            lm.model.set_activations(lampo_kernels::Activations::F32);
-        }
-        Ok(lm)
+        lm
     }
 }
 
@@ -151,8 +166,9 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// The draft model, loaded, if one was named.
-    pub fn load_draft(&self, threads: usize) -> Result<Option<Arc<LoadedModel>>> {
+    /// The draft model, loaded on `backend` (with 8-bit activations), if
+    /// one was named.
+    pub fn load_draft(&self, backend: &Cpu) -> Result<Option<Arc<LoadedModel>>> {
         let Some(name) = &self.draft else {
             if self.spec == SpecMode::Draft {
                 bail!("--spec draft needs --draft MODEL");
@@ -161,11 +177,12 @@ impl SpecArgs {
         };
         let args = ModelArgs {
             model: Some(name.clone()),
-            threads,
+            threads: backend.threads(),
             force_threads: true,
             f32_activations: false,
         };
-        Ok(Some(Arc::new(args.load()?)))
+        let backend = backend.clone().with_activations(Activations::Q8);
+        Ok(Some(Arc::new(args.load_on(backend)?)))
     }
 }
 

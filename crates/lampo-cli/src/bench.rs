@@ -10,9 +10,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 use lampo_kernels::Activations;
 use lampo_kernels::bandwidth::read_bandwidth;
-use lampo_kernels::parallel::{region_cost, regions_started, set_threads, threads};
-use lampo_kernels::qdot::RowDots;
-use lampo_model::{KvCache, KvStore, Logits, Model, Sequence};
+use lampo_kernels::{Cpu, Isa};
+use lampo_model::{Logits, Model, Sequence};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -89,14 +88,14 @@ impl Tokens {
 
 fn prompt_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
     let tokens: Vec<u32> = (0..n).map(|_| rng.next(model.config.n_vocab)).collect();
-    let mut kv = KvCache::new(&model.config, n);
+    let mut kv = model.kv_cache(n);
     let start = Instant::now();
     model.forward(&tokens, &mut kv, Logits::Last)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
 fn gen_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
-    let mut kv = KvCache::new(&model.config, n);
+    let mut kv = model.kv_cache(n);
     let start = Instant::now();
     for _ in 0..n {
         let t = rng.next(model.config.n_vocab);
@@ -110,7 +109,7 @@ fn gen_run(model: &Model, n: usize, rng: &mut Tokens) -> Result<f64> {
 fn batch_gen_run(model: &Model, n: usize, batch: usize, rng: &mut Tokens) -> Result<f64> {
     const BLOCK: usize = 16;
     let per_seq = n.div_ceil(BLOCK);
-    let mut store = KvStore::new(&model.config, BLOCK, batch * per_seq);
+    let mut store = model.kv_store(BLOCK, batch * per_seq);
     let tables: Vec<Vec<u32>> = (0..batch)
         .map(|b| ((b * per_seq) as u32..((b + 1) * per_seq) as u32).collect())
         .collect();
@@ -144,12 +143,15 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     if a.repetitions == 0 || a.batch == 0 {
         bail!("--repetitions and --batch must be at least 1");
     }
-    set_threads(crate::args::check_threads(a.threads, a.force_threads)?);
-    let threads = threads();
-    let mut model = Model::load(path)?;
+    let threads = crate::args::check_threads(a.threads, a.force_threads)?;
+    let isa = Isa::from_env().map_err(|e| anyhow::anyhow!(e))?;
+    let mut backend = Cpu::new(threads, isa).map_err(|e| anyhow::anyhow!(e))?;
     if a.f32_activations {
-        model.set_activations(Activations::F32);
+        backend = backend.with_activations(Activations::F32);
     }
+    let threads = backend.threads();
+    let model = Model::load_with(path, backend.clone())?;
+    let pool = backend.pool();
     let ctx = model.config.n_ctx_train.max(1);
     if a.n_prompt > ctx || a.n_gen > ctx {
         bail!("tests longer than the model's context of {ctx} tokens");
@@ -197,14 +199,14 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
     let rss = peak_rss();
     // Parallel regions per generated token, and what one costs.
     let regions = if a.n_gen > 0 {
-        let before = regions_started();
+        let before = pool.regions_started();
         gen_run(&model, a.n_gen.min(16), &mut rng)?;
-        Some((regions_started() - before) as f64 / a.n_gen.min(16) as f64)
+        Some((pool.regions_started() - before) as f64 / a.n_gen.min(16) as f64)
     } else {
         None
     };
-    let (pool_cost, spawn_cost) = region_cost(threads, 20_000);
-    let bandwidth = read_bandwidth(1 << 29, 5, threads);
+    let (pool_cost, spawn_cost) = pool.region_cost(threads, 20_000);
+    let bandwidth = read_bandwidth(pool, 1 << 29, 5, threads);
     let weights = model.weight_bytes_per_token();
     // Generation reads every weight once per token, plus the KV cache of
     // the positions so far (on average half the generated length).
@@ -241,7 +243,7 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
             "weight_bytes_per_token": weights,
             "threads": threads,
             "activations": acts,
-            "kernels": RowDots::detected().isa,
+            "kernels": backend.isa().name(),
             "read_bandwidth_bytes_per_s": bandwidth,
             "peak_rss_bytes": rss,
             "regions_per_token": regions,
@@ -270,7 +272,7 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
             name,
             file_bytes as f64 / 1e6,
             threads,
-            RowDots::detected().isa,
+            backend.isa().name(),
             acts,
             m.test,
             m.mean(),

@@ -121,8 +121,8 @@ enum Ended {
 
 pub fn run(a: ChatArgs) -> Result<()> {
     let params = a.sampling.params();
-    let threads = a.model.threads()?;
-    let lm = a.model.load()?;
+    let backend = a.model.backend()?;
+    let lm = a.model.load_on(backend.clone())?;
     if lm.chat_template.is_none() {
         let name = a.model.model.as_deref().unwrap_or(crate::models::DEFAULT);
         bail!(
@@ -131,7 +131,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         );
     }
     let ctx = clamp_context(a.sampling.ctx, &lm);
-    let draft = a.spec.load_draft(threads)?;
+    let draft = a.spec.load_draft(&backend)?;
     let mut config = EngineConfig {
         max_batch: 1,
         speculation: a.spec.spec,

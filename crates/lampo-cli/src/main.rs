@@ -19,12 +19,15 @@ use clap::{Parser, Subcommand};
 fn version() -> &'static str {
     static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     VERSION.get_or_init(|| {
+        let kernels = match lampo_kernels::Isa::from_env() {
+            Ok(isa) => isa.name().to_string(),
+            Err(e) => e,
+        };
         format!(
-            "{} (git {}; kernels: {}, {} threads)",
+            "{} (git {}; kernels: {kernels}, {} threads)",
             env!("CARGO_PKG_VERSION"),
             env!("LAMPO_GIT_REVISION"),
-            lampo_kernels::qdot::RowDots::detected().isa,
-            lampo_kernels::parallel::threads()
+            lampo_kernels::parallel::physical_cores()
         )
     })
 }

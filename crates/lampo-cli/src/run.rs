@@ -83,8 +83,8 @@ pub fn run(a: RunArgs) -> Result<()> {
     let text = read_prompt(a.prompt.as_deref(), a.file.as_ref())?;
     let grammar = grammar(&a)?;
     let params = a.sampling.params();
-    let threads = a.model.threads()?;
-    let lm = a.model.load()?;
+    let backend = a.model.backend()?;
+    let lm = a.model.load_on(backend.clone())?;
     let prompt = if a.chat {
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
@@ -103,7 +103,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             lm.model.config.n_ctx_train
         );
     }
-    let draft = a.spec.load_draft(threads)?;
+    let draft = a.spec.load_draft(&backend)?;
     // One request: the whole prompt in one step, and KV memory for the
     // positions this prompt and its answer can reach, not the whole
     // context.

@@ -114,7 +114,7 @@ fn model_names(alias: Option<&str>, arg: Option<&str>, path: &std::path::Path) -
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let threads = a.model.threads()?;
+    let backend = a.model.backend()?;
     let path = models::resolve(a.model.model.as_deref())?;
     // Everything checked before listening: the settings against each
     // other, the model file's metadata and the machine's memory.
@@ -156,7 +156,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         bail!("--spec draft needs --draft MODEL");
     }
     logging::init(a.log_format)?;
-    lampo_kernels::parallel::set_threads(threads);
     let names = model_names(a.model_alias.as_deref(), a.model.model.as_deref(), &path);
     let name = names[0].clone();
     let server = ServerConfig {
@@ -187,16 +186,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             path.display()
         ));
         let loading = state.clone();
-        let f32_acts = a.model.f32_activations;
         let spec = a.spec.clone();
         let key_hint = a.api_key.is_some();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut lm = LoadedModel::load(&path)
+            let lm = LoadedModel::load_with(&path, backend.clone())
                 .with_context(|| format!("cannot load {}", path.display()))?;
-            if f32_acts {
-                lm.model.set_activations(lampo_kernels::Activations::F32);
-            }
-            let draft = spec.load_draft(threads)?;
+            let draft = spec.load_draft(&backend)?;
             let engine = Engine::start_with_draft(Arc::new(lm), draft, config.clone())
                 .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
             let _ = loading.engine.set(engine);

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use lampo_kernels::Backend;
 use lampo_model::tools::json_layout;
 use lampo_model::{LoadedModel, TokenKind};
 use llguidance::api::TopLevelGrammar;
@@ -111,13 +112,13 @@ pub(crate) fn one_line(e: &impl std::fmt::Display) -> String {
 /// Compiles grammars for one model. The vocabulary trie is built on the
 /// first constrained request, so that serving without constraints costs
 /// nothing.
-pub(crate) struct Compiler {
-    model: Arc<LoadedModel>,
+pub(crate) struct Compiler<B: Backend> {
+    model: Arc<LoadedModel<B>>,
     factory: OnceLock<Result<ParserFactory, String>>,
 }
 
-impl Compiler {
-    pub(crate) fn new(model: Arc<LoadedModel>) -> Compiler {
+impl<B: Backend> Compiler<B> {
+    pub(crate) fn new(model: Arc<LoadedModel<B>>) -> Compiler<B> {
         Compiler {
             model,
             factory: OnceLock::new(),
@@ -147,7 +148,7 @@ impl Compiler {
     }
 }
 
-fn factory(lm: &Arc<LoadedModel>) -> Result<ParserFactory, String> {
+fn factory<B: Backend>(lm: &Arc<LoadedModel<B>>) -> Result<ParserFactory, String> {
     let env: TokEnv = Arc::new(Vocabulary::new(lm.clone()));
     let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
     // Grammar errors go back to the caller, not to the server's stderr.
@@ -158,13 +159,13 @@ fn factory(lm: &Arc<LoadedModel>) -> Result<ParserFactory, String> {
 /// The model's vocabulary as llguidance sees it: each token's bytes, with
 /// control tokens marked special (a grammar can name them, text cannot
 /// produce them).
-struct Vocabulary {
-    model: Arc<LoadedModel>,
+struct Vocabulary<B: Backend> {
+    model: Arc<LoadedModel<B>>,
     trie: TokTrie,
 }
 
-impl Vocabulary {
-    fn new(model: Arc<LoadedModel>) -> Vocabulary {
+impl<B: Backend> Vocabulary<B> {
+    fn new(model: Arc<LoadedModel<B>>) -> Vocabulary<B> {
         let tok = &model.tokenizer;
         let n_vocab = model.model.config.n_vocab;
         let words: Vec<Vec<u8>> = (0..n_vocab as u32)
@@ -196,7 +197,7 @@ impl Vocabulary {
     }
 }
 
-impl TokenizerEnv for Vocabulary {
+impl<B: Backend> TokenizerEnv for Vocabulary<B> {
     fn tok_trie(&self) -> &TokTrie {
         &self.trie
     }

@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lampo_model::{Config, KvStore, LoadedModel};
+use lampo_kernels::{Backend, Cpu};
+use lampo_model::{Config, LoadedModel, kv_block_bytes};
 
 use crate::clock::ClockHandle;
 use crate::constrain::{Compiler, Constraint, Grammar};
@@ -115,8 +116,8 @@ impl EngineConfig {
     /// Bytes one block of positions takes, in the model's cache and the
     /// draft's together.
     fn block_bytes(&self, config: &Config, draft: Option<&Config>) -> usize {
-        KvStore::block_bytes(config, self.block_size)
-            + draft.map_or(0, |d| KvStore::block_bytes(d, self.block_size))
+        kv_block_bytes(config, self.block_size)
+            + draft.map_or(0, |d| kv_block_bytes(d, self.block_size))
     }
 }
 
@@ -129,28 +130,28 @@ pub(crate) struct Job {
 
 /// A handle to the engine's worker; dropping it stops the worker once
 /// the requests already submitted are done.
-pub struct Engine {
-    model: Arc<LoadedModel>,
+pub struct Engine<B: Backend = Cpu> {
+    model: Arc<LoadedModel<B>>,
     config: EngineConfig,
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
-    grammars: Compiler,
+    grammars: Compiler<B>,
 }
 
-impl Engine {
+impl<B: Backend> Engine<B> {
     /// Starts a worker serving `model`, or says why `config` cannot work.
-    pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Result<Engine, String> {
+    pub fn start(model: Arc<LoadedModel<B>>, config: EngineConfig) -> Result<Engine<B>, String> {
         Engine::start_with_draft(model, None, config)
     }
 
     /// As `start`, with a draft model for speculative decoding (it must
     /// share the model's vocabulary).
     pub fn start_with_draft(
-        model: Arc<LoadedModel>,
-        draft: Option<Arc<LoadedModel>>,
+        model: Arc<LoadedModel<B>>,
+        draft: Option<Arc<LoadedModel<B>>>,
         config: EngineConfig,
-    ) -> Result<Engine, String> {
+    ) -> Result<Engine<B>, String> {
         let n_blocks =
             config.kv_blocks(&model.model.config, draft.as_ref().map(|d| &d.model.config))?;
         if let Some(d) = &draft {
@@ -176,7 +177,7 @@ impl Engine {
         })
     }
 
-    pub fn model(&self) -> &LoadedModel {
+    pub fn model(&self) -> &LoadedModel<B> {
         &self.model
     }
 
@@ -253,7 +254,7 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
+impl<B: Backend> Drop for Engine<B> {
     fn drop(&mut self) {
         self.jobs = None;
         if let Some(w) = self.worker.take() {

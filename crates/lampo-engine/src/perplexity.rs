@@ -4,7 +4,8 @@
 //! replaced by BOS when the vocabulary adds one), and only the predictions of
 //! the second half of each chunk are scored.
 
-use lampo_model::{KvCache, Logits, Model, ModelError};
+use lampo_kernels::Backend;
+use lampo_model::{Logits, Model, ModelError};
 
 #[derive(Clone, Debug)]
 pub struct PerplexityReport {
@@ -20,8 +21,8 @@ pub struct PerplexityReport {
 
 /// Evaluates `tokens`; `bos` replaces the first token of each chunk when set.
 /// `on_chunk(done, total, running_ppl)` reports progress.
-pub fn perplexity(
-    model: &Model,
+pub fn perplexity<B: Backend>(
+    model: &Model<B>,
     tokens: &[u32],
     n_ctx: usize,
     bos: Option<u32>,
@@ -50,7 +51,7 @@ pub fn perplexity(
         if let Some(b) = bos {
             input[0] = b;
         }
-        let mut kv = KvCache::new(&model.config, n_ctx);
+        let mut kv = model.kv_cache(n_ctx);
         let logits = model.forward(&input, &mut kv, Logits::All)?;
         for j in first..n_ctx - 1 {
             let row = &logits[j * n_vocab..(j + 1) * n_vocab];

@@ -14,6 +14,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use lampo_kernels::Backend;
 use lampo_model::LoadedModel;
 
 /// Which proposer requests use.
@@ -55,7 +56,10 @@ pub enum Proposer {
 
 /// Checks that `draft` can propose tokens for `model`: the same vocabulary,
 /// token for token.
-pub fn check_draft(model: &LoadedModel, draft: &LoadedModel) -> Result<(), String> {
+pub fn check_draft<B: Backend>(
+    model: &LoadedModel<B>,
+    draft: &LoadedModel<B>,
+) -> Result<(), String> {
     let (a, b) = (&model.tokenizer, &draft.tokenizer);
     let (na, nb) = (model.model.config.n_vocab, draft.model.config.n_vocab);
     if a.vocab_size() != b.vocab_size() || na != nb {

@@ -15,14 +15,16 @@ mod common;
 
 use lampo_engine::sampling::argmax;
 use lampo_kernels::Activations;
-use lampo_model::{KvCache, Logits};
+use lampo_model::Logits;
 use serde_json::Value;
 
 fn check_model(name: &str, activations: Activations) {
     let golden: Value = serde_json::from_str(include_str!("fixtures/golden_argmax.json"))
         .expect("golden fixture parses");
-    let mut lm = common::load(name);
-    lm.model.set_activations(activations);
+    let lm = common::load_on(
+        name,
+        lampo_kernels::Cpu::shared().with_activations(activations),
+    );
     let n_vocab = lm.model.config.n_vocab;
     let (mut agree, mut total) = (0usize, 0usize);
     let mut worst_margin = 0f64;
@@ -50,7 +52,7 @@ fn check_model(name: &str, activations: Activations) {
             "{name}: tokenization of {prompt:?} differs from llama.cpp"
         );
 
-        let mut kv = KvCache::new(&lm.model.config, tokens.len());
+        let mut kv = lm.model.kv_cache(tokens.len());
         let logits = lm.model.forward(&tokens, &mut kv, Logits::All).unwrap();
         for (pos, expected) in want.iter().enumerate() {
             let got = argmax(&logits[pos * n_vocab..(pos + 1) * n_vocab]);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use lampo_model::{KvCache, KvStore, LoadedModel, Logits, Sequence};
+use lampo_model::{LoadedModel, Logits, Sequence};
 
 fn check(lm: &LoadedModel) {
     let tok = &lm.tokenizer;
@@ -28,17 +28,17 @@ fn check(lm: &LoadedModel) {
     // Alone: the first prompt whole (all logits), the second after a cached
     // prefix (its last token now), the third whole (last logits).
     let mut alone = Vec::new();
-    let mut kv0 = KvCache::new(&model.config, 64);
+    let mut kv0 = model.kv_cache(64);
     alone.push(model.forward(&prompts[0], &mut kv0, Logits::All).unwrap());
-    let mut kv1 = KvCache::new(&model.config, 64);
+    let mut kv1 = model.kv_cache(64);
     let (head, tail) = prompts[1].split_at(prompts[1].len() - 1);
     model.forward(head, &mut kv1, Logits::Last).unwrap();
     alone.push(model.forward(tail, &mut kv1, Logits::Last).unwrap());
-    let mut kv2 = KvCache::new(&model.config, 64);
+    let mut kv2 = model.kv_cache(64);
     alone.push(model.forward(&prompts[2], &mut kv2, Logits::Last).unwrap());
 
     // Batched, in a store of 4-position blocks handed out out of order.
-    let mut store = KvStore::new(&model.config, 4, 32);
+    let mut store = model.kv_store(4, 32);
     let table = |ids: &[u32]| ids.to_vec();
     let b0 = table(&[31, 2, 17, 5, 9, 11, 30, 1, 0]);
     let b1 = table(&[3, 28, 7, 20, 21, 22, 23, 24]);

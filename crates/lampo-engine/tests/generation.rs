@@ -145,7 +145,7 @@ fn qwen05b_writes_a_working_python_function() {
 /// one batched pass over all of them.
 #[test]
 fn incremental_decode_matches_batched_prefill() {
-    use lampo_model::{KvCache, Logits};
+    use lampo_model::Logits;
     let lm = common::load("smollm2");
     let tokens = lm
         .tokenizer
@@ -156,9 +156,9 @@ fn incremental_decode_matches_batched_prefill() {
         )
         .unwrap();
     let n_vocab = lm.model.config.n_vocab;
-    let mut kv = KvCache::new(&lm.model.config, 64);
+    let mut kv = lm.model.kv_cache(64);
     let batched = lm.model.forward(&tokens, &mut kv, Logits::All).unwrap();
-    let mut kv = KvCache::new(&lm.model.config, 64);
+    let mut kv = lm.model.kv_cache(64);
     let split = 5;
     let mut stepped = lm
         .model

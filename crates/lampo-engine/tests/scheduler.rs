@@ -237,7 +237,7 @@ fn a_full_kv_cache_makes_requests_wait_not_fail() {
     let lm = Arc::new(common::load("smollm2"));
     // Room for a bit more than one full context: requests queue for
     // memory, and running ones are preempted and recomputed.
-    let block = lampo_model::KvStore::block_bytes(&lm.model.config, 16);
+    let block = lampo_model::kv_block_bytes(&lm.model.config, 16);
     let config = EngineConfig {
         max_batch: 16,
         step_tokens: 64,

@@ -2,18 +2,18 @@
 
 use std::time::Instant;
 
-use crate::parallel::run_on_threads;
+use crate::parallel::ThreadPool;
 
 /// Best read bandwidth in bytes per second over `passes` sums of a buffer of
-/// `bytes` (much larger than the caches), read by `threads` pool threads.
-pub fn read_bandwidth(bytes: usize, passes: usize, threads: usize) -> f64 {
+/// `bytes` (much larger than the caches), read by `threads` threads of `pool`.
+pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, passes: usize, threads: usize) -> f64 {
     let words = (bytes / 8).max(1 << 16);
     // Written, not zeroed: untouched zero pages all map one physical page.
     let buf: Vec<u64> = (0..words as u64).collect();
     let mut best = 0f64;
     for _ in 0..passes.max(1) {
         let start = Instant::now();
-        run_on_threads(threads, |i, n| {
+        pool.run_on_threads(threads, |i, n| {
             let per = words.div_ceil(n);
             let part = &buf[(i * per).min(words)..((i + 1) * per).min(words)];
             std::hint::black_box(sum(part));

@@ -1,8 +1,15 @@
-//! Lampo's numeric kernels: tensor block formats, dequantization, dot
-//! products, matrix multiplication and the elementwise ops of a transformer.
-//! Knows nothing about models.
+//! Lampo's numeric kernels and its CPU backend: tensor block formats,
+//! dequantization, dot products, matrix multiplication and the
+//! elementwise ops of a transformer, for each instruction set
+//! ([`isa`], [`kernels`]), behind the [`backend::Backend`] boundary the
+//! models are written against ([`cpu::Cpu`] implements it). Knows nothing
+//! about models.
 
+pub mod backend;
 pub mod bandwidth;
+pub mod cpu;
+pub mod isa;
+pub mod kernels;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -15,5 +22,9 @@ pub mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use matmul::{Activations, Layout, WeightRef, matmul, matmul_many};
+pub use backend::{Activation, Backend, Heads, HostMatrix, KvShape, Mapping, SeqSpan};
+pub use cpu::Cpu;
+pub use isa::Isa;
+pub use kernels::Kernels;
+pub use matmul::{Activations, Layout, WeightRef};
 pub use quant::DType;

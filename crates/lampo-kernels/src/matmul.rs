@@ -2,13 +2,11 @@
 
 use std::ops::Range;
 
-use crate::parallel::{for_each_chunk_mut, for_each_range};
-use crate::qdot::{
-    ActFormat, MAX_TOKENS, Q8Block, Q8KBlock, RowDots, quantize_q8_into, quantize_q8k_into,
-};
+use crate::kernels::Kernels;
+use crate::parallel::ThreadPool;
+use crate::qdot::{ActFormat, MAX_TOKENS, Q8Block, Q8KBlock};
 use crate::quant::{DType, QK_K, dequantize_row};
 use crate::repack::Rows8Format;
-use crate::simd::dot_f32;
 
 /// How a weight matrix's blocks are ordered in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,16 +88,26 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
+/// How a matmul runs: on which threads, with which kernels, and how
+/// activations meet the weights.
+#[derive(Clone, Copy)]
+pub struct MatmulCtx<'a> {
+    pub pool: &'a ThreadPool,
+    pub kernels: &'a Kernels,
+    pub acts: Activations,
+}
+
 /// `out[t][r] = sum_c w[r][c] * x[t][c]` for `n = x.len() / cols` tokens.
 /// `x` is `n × cols`, `out` is `n × rows`, both row-major.
-pub fn matmul(w: &WeightRef, x: &[f32], out: &mut [f32], acts: Activations) {
-    matmul_many(x, &mut [(*w, out)], acts);
+pub fn matmul(ctx: MatmulCtx, w: &WeightRef, x: &[f32], out: &mut [f32]) {
+    matmul_many(ctx, x, &mut [(*w, out)]);
 }
 
 /// Several matmuls of the same input (a layer's Q, K and V, or its gate and
 /// up projections) in one parallel region: the input is quantized once and
 /// threads split the rows of all of them, so there is one sync, not three.
-pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activations) {
+pub fn matmul_many(ctx: MatmulCtx, x: &[f32], jobs: &mut [(WeightRef, &mut [f32])]) {
+    let (pool, kernels, acts) = (ctx.pool, ctx.kernels, ctx.acts);
     let Some(cols) = jobs.first().map(|(w, _)| w.cols) else {
         return;
     };
@@ -122,17 +130,17 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
         jobs.iter()
             .any(|(w, _)| integer(w) && w.dtype.act_format() == Some(f))
     };
+    let dots = &kernels.dots;
     let q8 = if wants(ActFormat::Q8) {
-        quantize_rows(x, cols, 32, Q8Block::ZERO, quantize_q8_into)
+        quantize_rows(pool, x, cols, 32, Q8Block::ZERO, dots.quantize_q8)
     } else {
         Vec::new()
     };
     let q8k = if wants(ActFormat::Q8K) {
-        quantize_rows(x, cols, QK_K, Q8KBlock::ZERO, quantize_q8k_into)
+        quantize_rows(pool, x, cols, QK_K, Q8KBlock::ZERO, dots.quantize_q8k)
     } else {
         Vec::new()
     };
-    let kernels = RowDots::detected();
     let parts: Vec<(WeightRef, OutPtr)> = jobs
         .iter_mut()
         .map(|(w, out)| (*w, OutPtr(out.as_mut_ptr())))
@@ -140,7 +148,7 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
     let total: usize = parts.iter().map(|(w, _)| w.rows).sum();
     // Below this many rows per thread, the sync costs more than the work.
     let min_rows = (32768 / (cols * n)).max(INT_TILE_ROWS);
-    for_each_range(total, INT_TILE_ROWS, min_rows, |range| {
+    pool.for_each_range(total, INT_TILE_ROWS, min_rows, |range| {
         let mut base = 0;
         for (w, out) in &parts {
             let (lo, hi) = (range.start.max(base), range.end.min(base + w.rows));
@@ -148,7 +156,7 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
                 let rows = lo - base..hi - base;
                 match (integer(w), w.layout) {
                     (true, Layout::Rows8) => {
-                        let k = kernels
+                        let k = dots
                             .rows8
                             .expect("interleaved weights without their kernels");
                         match (k.dots.q8(w.dtype), k.dots.q8k(w.dtype)) {
@@ -160,14 +168,12 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
                     (false, Layout::Rows8) => {
                         panic!("interleaved weights need 8-bit activations")
                     }
-                    (true, Layout::Rows) => {
-                        match (kernels.rows.q8(w.dtype), kernels.rows.q8k(w.dtype)) {
-                            (Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
-                            (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
-                            _ => unreachable!("a format with 8-bit activations has a kernel"),
-                        }
-                    }
-                    (false, Layout::Rows) => float_rows(w, x, rows, *out),
+                    (true, Layout::Rows) => match (dots.rows.q8(w.dtype), dots.rows.q8k(w.dtype)) {
+                        (Some(k), _) => integer_rows(w, &q8, k, n, rows, *out),
+                        (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
+                        _ => unreachable!("a format with 8-bit activations has a kernel"),
+                    },
+                    (false, Layout::Rows) => float_rows(kernels.dot_f32, w, x, rows, *out),
                 }
             }
             base += w.rows;
@@ -178,6 +184,7 @@ pub fn matmul_many(x: &[f32], jobs: &mut [(WeightRef, &mut [f32])], acts: Activa
 /// Each row of `x` quantized to blocks of `block` values, in parallel for
 /// prompts long enough to pay for it.
 fn quantize_rows<B: Copy + Send>(
+    pool: &ThreadPool,
     x: &[f32],
     cols: usize,
     block: usize,
@@ -192,7 +199,7 @@ fn quantize_rows<B: Copy + Send>(
             quantize(xt, bt);
         }
     } else {
-        for_each_chunk_mut(&mut blocks, per_row, |t, bt| {
+        pool.for_each_chunk_mut(&mut blocks, per_row, |t, bt| {
             quantize(&x[t * cols..(t + 1) * cols], bt)
         });
     }
@@ -275,7 +282,13 @@ fn integer_rows8<B>(
 }
 
 /// Rows `rows` of `w` dequantized to f32 and dotted with f32 activations.
-fn float_rows(w: &WeightRef, x: &[f32], rows: Range<usize>, out: OutPtr) {
+fn float_rows(
+    dot_f32: fn(&[f32], &[f32]) -> f32,
+    w: &WeightRef,
+    x: &[f32],
+    rows: Range<usize>,
+    out: OutPtr,
+) {
     let cols = w.cols;
     let mut tile = vec![0f32; TILE_ROWS * cols];
     let mut r0 = rows.start;
@@ -300,6 +313,14 @@ mod tests {
     use super::*;
     use crate::quant::tests::random_row;
 
+    fn ctx(pool: &ThreadPool, acts: Activations) -> MatmulCtx<'_> {
+        MatmulCtx {
+            pool,
+            kernels: &Kernels::PORTABLE,
+            acts,
+        }
+    }
+
     /// Both activation paths agree with a plain dequantize-and-dot reference.
     #[test]
     fn quantized_matmul_matches_reference_on_both_paths() {
@@ -323,9 +344,10 @@ mod tests {
                 .map(|i| ((i * 11 % 19) as f32 - 9.0) * 0.05)
                 .collect();
             let mut wrow = vec![0f32; cols];
+            let pool = ThreadPool::new(2);
             for acts in [Activations::F32, Activations::Q8] {
                 let mut out = vec![0f32; n * rows];
-                matmul(&w, &x, &mut out, acts);
+                matmul(ctx(&pool, acts), &w, &x, &mut out);
                 for r in 0..rows {
                     w.dequantize_row_into(r, &mut wrow);
                     for t in 0..n {
@@ -364,7 +386,7 @@ mod tests {
                 layout: Layout::Rows,
             };
             let mut out = vec![0f32; n * rows];
-            matmul(&w, &x, &mut out, Activations::F32);
+            matmul(ctx(&ThreadPool::new(2), Activations::F32), &w, &x, &mut out);
             for t in 0..n {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| wv[r * cols + c] * x[t * cols + c]).sum();

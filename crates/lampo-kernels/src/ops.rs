@@ -1,27 +1,34 @@
 //! Elementwise and row-wise transformer ops on f32.
 //!
 //! Each op is written once as plain loops over independent lanes, which the
-//! compiler vectorizes, and compiled twice: portable, and with AVX2+FMA
-//! chosen at run time (`dispatched!`). The exponential of the SIMD build is
-//! a polynomial (`exp_poly`, within 2 ulp of libm's) since a libm call per
-//! value would stop vectorization.
+//! compiler vectorizes, and compiled twice (`variants!`): portable
+//! (`name_portable`), and for AVX2+FMA (`name_avx2`, which the kernel
+//! table hands out only on CPUs that have them; see [`crate::kernels`]).
+//! The exponential of the SIMD build is a polynomial (`exp_poly`, within 2
+//! ulp of libm's) since a libm call per value would stop vectorization.
 
-/// Defines `pub fn $name` that runs `$body::<true>` compiled for AVX2+FMA
-/// where the CPU has them, and `$body::<false>` otherwise.
-macro_rules! dispatched {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+/// Defines `pub fn ${name}_portable` running `$body::<false>` and, on
+/// x86-64, `pub(crate) fn ${name}_avx2` running `$body::<true>` compiled for
+/// AVX2+FMA.
+macro_rules! variants {
+    ($(#[$doc:meta])* fn $portable:ident / $avx2:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::avx2_fma() {
-                #[target_feature(enable = "avx2,fma")]
-                fn fast($($arg: $ty),*) $(-> $ret)? {
-                    $body::<true>($($arg),*)
-                }
-                // SAFETY: `avx2_fma` checked that this CPU has the features.
-                return unsafe { fast($($arg),*) };
-            }
+        pub fn $portable($($arg: $ty),*) $(-> $ret)? {
             $body::<false>($($arg),*)
+        }
+
+        $(#[$doc])*
+        /// (AVX2+FMA build; only reachable through a kernel table built
+        /// after detecting them.)
+        #[cfg(target_arch = "x86_64")]
+        pub(crate) fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = "avx2,fma")]
+            fn fast($($arg: $ty),*) $(-> $ret)? {
+                $body::<true>($($arg),*)
+            }
+            // SAFETY: the kernel table holds this function only when the
+            // CPU has AVX2 and FMA.
+            unsafe { fast($($arg),*) }
         }
     };
 }
@@ -73,9 +80,9 @@ fn rms_scale_body<const FAST: bool>(x: &[f32], eps: f32) -> f32 {
     1.0 / (ms + eps).sqrt()
 }
 
-dispatched! {
+variants! {
     /// `1 / rms(x)` with `eps` added to the mean square.
-    pub fn rms_scale(x: &[f32], eps: f32) -> f32 => rms_scale_body
+    fn rms_scale_portable / rms_scale_avx2(x: &[f32], eps: f32) -> f32 => rms_scale_body
 }
 
 #[inline(always)]
@@ -85,22 +92,9 @@ fn scale_mul_body<const FAST: bool>(x: &[f32], scale: f32, w: &[f32], out: &mut 
     }
 }
 
-dispatched! {
+variants! {
     /// `out = x * scale * w`, elementwise.
-    pub fn scale_mul(x: &[f32], scale: f32, w: &[f32], out: &mut [f32]) => scale_mul_body
-}
-
-/// `out = x / rms(x) * w`, with `eps` added to the mean square.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    scale_mul(x, rms_scale(x, eps), w, out);
-}
-
-/// `rms_norm` in place, for per-head and post-sublayer norms.
-pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
-    for (v, &g) in x.iter_mut().zip(w) {
-        *v = (*v * scale) * g;
-    }
+    fn scale_mul_portable / scale_mul_avx2(x: &[f32], scale: f32, w: &[f32], out: &mut [f32]) => scale_mul_body
 }
 
 #[inline(always)]
@@ -137,9 +131,9 @@ fn softmax_body<const FAST: bool>(x: &mut [f32]) {
     }
 }
 
-dispatched! {
+variants! {
     /// Softmax in place; numerically stable, the sum taken in f64.
-    pub fn softmax(x: &mut [f32]) => softmax_body
+    fn softmax_portable / softmax_avx2(x: &mut [f32]) => softmax_body
 }
 
 #[inline(always)]
@@ -149,9 +143,9 @@ fn silu_mul_body<const FAST: bool>(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-dispatched! {
+variants! {
     /// `gate = silu(gate) * up`: the SwiGLU of llama-style MLPs.
-    pub fn silu_mul(gate: &mut [f32], up: &[f32]) => silu_mul_body
+    fn silu_mul_portable / silu_mul_avx2(gate: &mut [f32], up: &[f32]) => silu_mul_body
 }
 
 #[inline(always)]
@@ -166,9 +160,9 @@ fn gelu_mul_body<const FAST: bool>(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-dispatched! {
+variants! {
     /// `gate = gelu_tanh(gate) * up`: GeGLU with the tanh approximation, as Gemma uses.
-    pub fn gelu_mul(gate: &mut [f32], up: &[f32]) => gelu_mul_body
+    fn gelu_mul_portable / gelu_mul_avx2(gate: &mut [f32], up: &[f32]) => gelu_mul_body
 }
 
 /// How a rotary embedding pairs up the dimensions of a head.
@@ -200,44 +194,29 @@ impl Rope {
         }
     }
 
-    /// The sines and cosines for positions `first..first + n`, computed once
-    /// per forward pass and shared by every layer and head.
-    pub fn table(&self, first: usize, n: usize) -> RopeTable {
-        let half = self.pairs;
-        let (mut sin, mut cos) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        for pos in first..first + n {
-            // Angles by repeated multiplication, as GGML computes them, so
-            // that rounding agrees with the reference.
-            let mut theta = pos as f32;
-            for _ in 0..half {
-                let (s, c) = theta.sin_cos();
-                sin.push(s);
-                cos.push(c);
-                theta *= self.scale;
-            }
-        }
-        RopeTable {
-            style: self.style,
-            first,
-            pairs: half,
-            sin,
-            cos,
+    /// Rotated pairs per head.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// The sines and cosines of position `pos`'s pairs, into `sin` and
+    /// `cos` (`pairs()` long each). Angles come by repeated multiplication,
+    /// as GGML computes them, so that rounding agrees with the reference.
+    pub fn fill(&self, pos: usize, sin: &mut [f32], cos: &mut [f32]) {
+        let mut theta = pos as f32;
+        for (s, c) in sin.iter_mut().zip(cos.iter_mut()).take(self.pairs) {
+            (*s, *c) = theta.sin_cos();
+            theta *= self.scale;
         }
     }
 
-    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`.
+    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`,
+    /// on the portable path.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
-        self.table(pos, 1).apply(x, head_dim, pos);
+        let (mut sin, mut cos) = (vec![0f32; self.pairs], vec![0f32; self.pairs]);
+        self.fill(pos, &mut sin, &mut cos);
+        rotate_portable(x, head_dim, self.style, &sin, &cos);
     }
-}
-
-/// Precomputed rotations for a run of positions.
-pub struct RopeTable {
-    style: RopeStyle,
-    first: usize,
-    pairs: usize,
-    sin: Vec<f32>,
-    cos: Vec<f32>,
 }
 
 #[inline(always)]
@@ -270,22 +249,9 @@ fn rotate_body<const FAST: bool>(
     }
 }
 
-dispatched! {
+variants! {
     /// Rotates every head of `x` by the given sines and cosines.
-    pub fn rotate(x: &mut [f32], head_dim: usize, style: RopeStyle, sin: &[f32], cos: &[f32]) => rotate_body
-}
-
-impl RopeTable {
-    /// Rotates every head of `x` (`heads × head_dim`) for position `pos`,
-    /// which must lie in the table's run.
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
-        let at = (pos - self.first) * self.pairs;
-        let (sin, cos) = (
-            &self.sin[at..at + self.pairs],
-            &self.cos[at..at + self.pairs],
-        );
-        rotate(x, head_dim, self.style, sin, cos);
-    }
+    fn rotate_portable / rotate_avx2(x: &mut [f32], head_dim: usize, style: RopeStyle, sin: &[f32], cos: &[f32]) => rotate_body
 }
 
 #[cfg(test)]
@@ -296,26 +262,20 @@ mod tests {
     fn rms_norm_unit_rms() {
         let x = [3.0f32, -4.0, 0.0, 0.0];
         let mut out = [0f32; 4];
-        rms_norm(&x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut out);
+        scale_mul_portable(
+            &x,
+            rms_scale_portable(&x, 0.0),
+            &[1.0, 2.0, 1.0, 1.0],
+            &mut out,
+        );
         // rms = sqrt(25/4) = 2.5
         assert_eq!(out, [1.2, -3.2, 0.0, 0.0]);
     }
 
     #[test]
-    fn rms_norm_in_place_matches_rms_norm() {
-        let x = [0.5f32, -1.5, 2.0, 4.0];
-        let w = [1.0f32, 0.5, 2.0, -1.0];
-        let mut out = [0f32; 4];
-        rms_norm(&x, &w, 1e-6, &mut out);
-        let mut y = x;
-        rms_norm_in_place(&mut y, &w, 1e-6);
-        assert_eq!(y, out);
-    }
-
-    #[test]
     fn softmax_sums_to_one_and_survives_large_values() {
         let mut x = [1000.0f32, 1000.0, -f32::INFINITY];
-        softmax(&mut x);
+        softmax_portable(&mut x);
         assert_eq!(x, [0.5, 0.5, 0.0]);
     }
 
@@ -367,7 +327,7 @@ mod tests {
         let silu = |x: f32| x / (1.0 + (-x as f64).exp() as f32);
         let gelu = |x: f32| 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
         let mut fast = gate;
-        silu_mul(&mut fast, &up);
+        silu_mul_body::<true>(&mut fast, &up);
         let mut slow = gate;
         silu_mul_body::<false>(&mut slow, &up);
         for i in 0..gate.len() {
@@ -384,7 +344,7 @@ mod tests {
         }
         assert!((fast[1] - 1.761_594_2).abs() < 1e-6);
         let mut fast = gate;
-        gelu_mul(&mut fast, &up);
+        gelu_mul_body::<true>(&mut fast, &up);
         let mut slow = gate;
         gelu_mul_body::<false>(&mut slow, &up);
         for i in 0..gate.len() {
@@ -422,13 +382,16 @@ mod tests {
         for n in [1usize, 7, 8, 9, 33, 100] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.7).collect();
             let (mut a, mut b) = (x.clone(), x.clone());
-            softmax(&mut a);
+            softmax_body::<true>(&mut a);
             softmax_body::<false>(&mut b);
             for (p, q) in a.iter().zip(&b) {
                 assert!((p - q).abs() < 1e-6, "softmax n={n}");
             }
             assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-            let (r1, r2) = (rms_scale(&x, 1e-6), rms_scale_body::<false>(&x, 1e-6));
+            let (r1, r2) = (
+                rms_scale_body::<true>(&x, 1e-6),
+                rms_scale_body::<false>(&x, 1e-6),
+            );
             assert!((r1 - r2).abs() <= 1e-6 * r2, "rms n={n}");
         }
     }

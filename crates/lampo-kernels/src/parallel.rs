@@ -1,10 +1,13 @@
-//! Splitting work across threads with a persistent pool.
+//! Splitting work across threads with a persistent pool, held as a value
+//! by the CPU backend (models that run together share one).
 //!
 //! Decode runs a few hundred parallel regions per token (every matmul and
 //! attention of every layer), so spawning threads per region or parking them
 //! between regions costs more than the work. Workers instead spin on a
 //! generation counter for a short while after each job and only then sleep
 //! on a condition variable; the calling thread takes a share of every job.
+//! A caller that finds the pool busy (another model's step, or a nested
+//! call) runs its job on its own thread instead of waiting.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::Range;
@@ -14,25 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-static THREADS: AtomicUsize = AtomicUsize::new(0);
-
 /// How long an idle worker spins before it sleeps: longer than the gaps
 /// between regions of one forward pass, short enough not to burn a core
 /// between requests.
 const SPIN: Duration = Duration::from_micros(300);
-
-/// Sets the number of threads kernels use (0 means one per physical core).
-pub fn set_threads(n: usize) {
-    THREADS.store(n, Ordering::Relaxed);
-}
-
-/// The number of threads kernels use.
-pub fn threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => physical_cores(),
-        n => n,
-    }
-}
 
 /// Lowers the calling thread's scheduling priority (Linux: nice +10), so
 /// that background work on it (compiling a grammar, following one) takes
@@ -237,103 +225,170 @@ fn worker(s: &Shared, index: usize) {
     }
 }
 
-static POOL: Mutex<Option<Pool>> = Mutex::new(None);
-
-/// The pool, sized to `threads()`, unless another thread is using it.
-fn acquire_pool() -> Option<MutexGuard<'static, Option<Pool>>> {
-    if IN_WORKER.with(|w| w.get()) {
-        return None;
-    }
-    let mut guard = match POOL.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        // Busy (another caller, or a nested call on this thread): run inline.
-        Err(std::sync::TryLockError::WouldBlock) => return None,
-    };
-    let want = threads();
-    if guard.as_ref().is_none_or(|p| p.threads() != want) {
-        *guard = None;
-        *guard = Some(Pool::new(want));
-    }
-    Some(guard)
+/// A pool of kernel threads: `threads() - 1` workers plus the caller.
+pub struct ThreadPool {
+    threads: usize,
+    /// Started on first use.
+    pool: Mutex<Option<Pool>>,
+    /// Parallel regions started so far (for `lampo bench`'s per-token count).
+    regions: AtomicU64,
 }
 
-/// Parallel regions started so far (for `lampo bench`'s per-token count).
-static REGIONS: AtomicU64 = AtomicU64::new(0);
-
-pub fn regions_started() -> u64 {
-    REGIONS.load(Ordering::Relaxed)
-}
-
-/// Mean cost in seconds of an empty parallel region over `threads` threads:
-/// through the pool, and by spawning scoped threads per region (what a
-/// spawn-per-op design pays).
-pub fn region_cost(threads: usize, iterations: usize) -> (f64, f64) {
-    let iterations = iterations.max(1);
-    let sink = AtomicUsize::new(0);
-    let start = Instant::now();
-    for _ in 0..iterations {
-        run_on_threads(threads, |i, _| {
-            sink.fetch_add(i, Ordering::Relaxed);
-        });
-    }
-    let pool = start.elapsed().as_secs_f64() / iterations as f64;
-    let spawns = (iterations / 100).max(1);
-    let start = Instant::now();
-    for _ in 0..spawns {
-        std::thread::scope(|s| {
-            for i in 1..threads {
-                let sink = &sink;
-                s.spawn(move || sink.fetch_add(i, Ordering::Relaxed));
-            }
-            sink.fetch_add(0, Ordering::Relaxed);
-        });
-    }
-    let spawn = start.elapsed().as_secs_f64() / spawns as f64;
-    (pool, spawn)
-}
-
-/// Runs `f(index, n)` for `index` in `0..n` on up to `n` threads of the pool
-/// (`n` is capped at the pool size); returns when all are done.
-pub fn run_on_threads(n: usize, f: impl Fn(usize, usize) + Sync) {
-    let n = n.clamp(1, threads());
-    if n == 1 {
-        f(0, 1);
-        return;
-    }
-    REGIONS.fetch_add(1, Ordering::Relaxed);
-    match acquire_pool() {
-        Some(guard) => {
-            let pool = guard.as_ref().expect("pool was just created");
-            pool.run(n.min(pool.threads()), &f);
+impl ThreadPool {
+    /// A pool of `threads` threads (0: one per physical core).
+    pub fn new(threads: usize) -> ThreadPool {
+        ThreadPool {
+            threads: if threads == 0 {
+                physical_cores()
+            } else {
+                threads
+            },
+            pool: Mutex::new(None),
+            regions: AtomicU64::new(0),
         }
-        None => f(0, 1),
     }
-}
 
-/// Runs `f` over `0..n` split into contiguous ranges, one per thread, each a
-/// multiple of `align` long (except the last). Runs inline when the work is
-/// too small to be worth a thread.
-pub fn for_each_range(
-    n: usize,
-    align: usize,
-    min_per_thread: usize,
-    f: impl Fn(Range<usize>) + Sync,
-) {
-    let want = threads().min(n.div_ceil(min_per_thread.max(1))).max(1);
-    let align = align.max(1);
-    run_on_threads(want, |i, threads| {
-        let per = n.div_ceil(threads).div_ceil(align) * align;
-        let start = (i * per).min(n);
-        let end = if i + 1 == threads {
-            n
-        } else {
-            (start + per).min(n)
+    /// The number of threads jobs are split over.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn regions_started(&self) -> u64 {
+        self.regions.load(Ordering::Relaxed)
+    }
+
+    /// The started pool, unless another thread is using it.
+    fn acquire(&self) -> Option<MutexGuard<'_, Option<Pool>>> {
+        if IN_WORKER.with(|w| w.get()) {
+            return None;
+        }
+        let mut guard = match self.pool.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Busy (another caller, or a nested call on this thread): run inline.
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        if start < end {
-            f(start..end);
+        if guard.is_none() {
+            *guard = Some(Pool::new(self.threads));
         }
-    });
+        Some(guard)
+    }
+
+    /// Mean cost in seconds of an empty parallel region over `threads`
+    /// threads: through the pool, and by spawning scoped threads per region
+    /// (what a spawn-per-op design pays).
+    pub fn region_cost(&self, threads: usize, iterations: usize) -> (f64, f64) {
+        let iterations = iterations.max(1);
+        let sink = AtomicUsize::new(0);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            self.run_on_threads(threads, |i, _| {
+                sink.fetch_add(i, Ordering::Relaxed);
+            });
+        }
+        let pool = start.elapsed().as_secs_f64() / iterations as f64;
+        let spawns = (iterations / 100).max(1);
+        let start = Instant::now();
+        for _ in 0..spawns {
+            std::thread::scope(|s| {
+                for i in 1..threads {
+                    let sink = &sink;
+                    s.spawn(move || sink.fetch_add(i, Ordering::Relaxed));
+                }
+                sink.fetch_add(0, Ordering::Relaxed);
+            });
+        }
+        let spawn = start.elapsed().as_secs_f64() / spawns as f64;
+        (pool, spawn)
+    }
+
+    /// Runs `f(index, n)` for `index` in `0..n` on up to `n` threads of the
+    /// pool (`n` is capped at the pool size); returns when all are done.
+    pub fn run_on_threads(&self, n: usize, f: impl Fn(usize, usize) + Sync) {
+        let n = n.clamp(1, self.threads);
+        if n == 1 {
+            f(0, 1);
+            return;
+        }
+        self.regions.fetch_add(1, Ordering::Relaxed);
+        match self.acquire() {
+            Some(guard) => {
+                let pool = guard.as_ref().expect("pool was just started");
+                pool.run(n.min(pool.threads()), &f);
+            }
+            None => f(0, 1),
+        }
+    }
+
+    /// Runs `f` over `0..n` split into contiguous ranges, one per thread,
+    /// each a multiple of `align` long (except the last). Runs inline when
+    /// the work is too small to be worth a thread.
+    pub fn for_each_range(
+        &self,
+        n: usize,
+        align: usize,
+        min_per_thread: usize,
+        f: impl Fn(Range<usize>) + Sync,
+    ) {
+        let want = self.threads.min(n.div_ceil(min_per_thread.max(1))).max(1);
+        let align = align.max(1);
+        self.run_on_threads(want, |i, threads| {
+            let per = n.div_ceil(threads).div_ceil(align) * align;
+            let start = (i * per).min(n);
+            let end = if i + 1 == threads {
+                n
+            } else {
+                (start + per).min(n)
+            };
+            if start < end {
+                f(start..end);
+            }
+        });
+    }
+
+    /// Splits `out` into `chunk`-long pieces and runs `f(index, piece)` on
+    /// each, the pieces spread across threads in contiguous runs; the last
+    /// piece may be shorter.
+    pub fn for_each_chunk_mut<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let chunk = chunk.max(1);
+        let pieces = out.len().div_ceil(chunk);
+        let len = out.len();
+        let ptr = SharedMut(out.as_mut_ptr());
+        self.for_each_range(pieces, 1, 1, |range| {
+            let ptr = &ptr;
+            for i in range {
+                // SAFETY: each piece index goes to exactly one thread.
+                f(i, unsafe { ptr.piece(i, chunk, len) });
+            }
+        });
+    }
+
+    /// As [`ThreadPool::for_each_chunk_mut`], but piece `i` goes to thread
+    /// `i % threads`: balanced when the cost of a piece grows with its index
+    /// (causal attention, where later tokens see more keys).
+    pub fn for_each_chunk_mut_interleaved<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let chunk = chunk.max(1);
+        let pieces = out.len().div_ceil(chunk);
+        let len = out.len();
+        let ptr = SharedMut(out.as_mut_ptr());
+        self.run_on_threads(pieces, |t, threads| {
+            let ptr = &ptr;
+            for i in (t..pieces).step_by(threads) {
+                // SAFETY: piece `i` goes to thread `i % threads` only.
+                f(i, unsafe { ptr.piece(i, chunk, len) });
+            }
+        });
+    }
 }
 
 /// Raw pointer to a buffer whose disjoint parts threads write.
@@ -353,48 +408,6 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Splits `out` into `chunk`-long pieces and runs `f(index, piece)` on each,
-/// the pieces spread across threads in contiguous runs; the last piece may
-/// be shorter.
-pub fn for_each_chunk_mut<T: Send>(
-    out: &mut [T],
-    chunk: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let chunk = chunk.max(1);
-    let pieces = out.len().div_ceil(chunk);
-    let len = out.len();
-    let ptr = SharedMut(out.as_mut_ptr());
-    for_each_range(pieces, 1, 1, |range| {
-        let ptr = &ptr;
-        for i in range {
-            // SAFETY: each piece index goes to exactly one thread.
-            f(i, unsafe { ptr.piece(i, chunk, len) });
-        }
-    });
-}
-
-/// As [`for_each_chunk_mut`], but piece `i` goes to thread `i % threads`:
-/// balanced when the cost of a piece grows with its index (causal attention,
-/// where later tokens see more keys).
-pub fn for_each_chunk_mut_interleaved<T: Send>(
-    out: &mut [T],
-    chunk: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let chunk = chunk.max(1);
-    let pieces = out.len().div_ceil(chunk);
-    let len = out.len();
-    let ptr = SharedMut(out.as_mut_ptr());
-    run_on_threads(pieces, |t, threads| {
-        let ptr = &ptr;
-        for i in (t..pieces).step_by(threads) {
-            // SAFETY: piece `i` goes to thread `i % threads` only.
-            f(i, unsafe { ptr.piece(i, chunk, len) });
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,10 +416,10 @@ mod tests {
     #[test]
     fn ranges_cover_everything_once() {
         for threads in [1, 2, 3, 5] {
-            set_threads(threads);
+            let pool = ThreadPool::new(threads);
             for n in [0usize, 1, 5, 64, 1000] {
                 let seen = Mutex::new(vec![0u32; n]);
-                for_each_range(n, 8, 1, |r| {
+                pool.for_each_range(n, 8, 1, |r| {
                     let mut s = seen.lock().unwrap();
                     for i in r {
                         s[i] += 1;
@@ -418,7 +431,6 @@ mod tests {
                 );
             }
         }
-        set_threads(0);
     }
 
     #[test]
@@ -430,10 +442,11 @@ mod tests {
                     *x += i + 1;
                 }
             };
+            let pool = ThreadPool::new(0);
             if interleaved {
-                for_each_chunk_mut_interleaved(&mut v, 10, f);
+                pool.for_each_chunk_mut_interleaved(&mut v, 10, f);
             } else {
-                for_each_chunk_mut(&mut v, 10, f);
+                pool.for_each_chunk_mut(&mut v, 10, f);
             }
             for (j, x) in v.iter().enumerate() {
                 assert_eq!(*x, j / 10 + 1, "at {j} (interleaved: {interleaved})");
@@ -446,9 +459,10 @@ mod tests {
     #[test]
     fn many_regions_and_nesting_complete() {
         let total = AtomicUsize::new(0);
+        let pool = ThreadPool::new(0);
         for _ in 0..2000 {
-            for_each_range(64, 1, 1, |r| {
-                for_each_range(r.len(), 1, 1, |inner| {
+            pool.for_each_range(64, 1, 1, |r| {
+                pool.for_each_range(r.len(), 1, 1, |inner| {
                     total.fetch_add(inner.len(), Ordering::Relaxed);
                 });
             });
@@ -458,9 +472,9 @@ mod tests {
 
     #[test]
     fn a_panicking_job_panics_the_caller_and_the_pool_survives() {
-        set_threads(2);
+        let pool = ThreadPool::new(2);
         let r = std::panic::catch_unwind(|| {
-            run_on_threads(2, |i, n| {
+            pool.run_on_threads(2, |i, n| {
                 if i + 1 == n {
                     panic!("boom");
                 }
@@ -470,10 +484,9 @@ mod tests {
         // another test holds it) this thread ran it alone.
         assert!(r.is_err());
         let hits = AtomicUsize::new(0);
-        run_on_threads(2, |_, _| {
+        pool.run_on_threads(2, |_, _| {
             hits.fetch_add(1, Ordering::Relaxed);
         });
-        assert!(hits.load(Ordering::Relaxed) >= 1);
-        set_threads(0);
+        assert_eq!(hits.load(Ordering::Relaxed), 2, "the pool runs both halves");
     }
 }

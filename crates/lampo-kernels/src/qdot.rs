@@ -9,6 +9,7 @@
 
 use half::f16;
 
+use crate::isa::Isa;
 use crate::quant::{DType, QK_K};
 
 /// Activations of one 32-value block: `x ≈ d * qs`, `s = d * sum(qs)`.
@@ -69,21 +70,12 @@ impl Q8KBlock {
     };
 }
 
+/// `x` as 32-value blocks (the portable quantizer; every instruction
+/// set's gives the same blocks).
 pub fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
     let mut out = vec![Q8Block::ZERO; x.len() / 32];
-    quantize_q8_into(x, &mut out);
+    quantize_q8_generic(x, &mut out);
     out
-}
-
-/// Quantizes `x` into `out`, one block per 32 values, with the fastest
-/// code this CPU runs (results are identical on every path).
-pub fn quantize_q8_into(x: &[f32], out: &mut [Q8Block]) {
-    (RowDots::detected().quantize_q8)(x, out)
-}
-
-/// Quantizes `x` into `out`, one block per 256 values; see [`quantize_q8_into`].
-pub fn quantize_q8k_into(x: &[f32], out: &mut [Q8KBlock]) {
-    (RowDots::detected().quantize_q8k)(x, out)
 }
 
 /// The portable quantizer, also compiled by each SIMD module with its
@@ -113,9 +105,10 @@ pub(crate) fn quantize_q8_generic(x: &[f32], out: &mut [Q8Block]) {
     }
 }
 
+/// `x` as 256-value blocks (portable, as [`quantize_q8`]).
 pub fn quantize_q8k(x: &[f32]) -> Vec<Q8KBlock> {
     let mut out = vec![Q8KBlock::ZERO; x.len() / QK_K];
-    quantize_q8k_into(x, &mut out);
+    quantize_q8k_generic(x, &mut out);
     out
 }
 
@@ -293,29 +286,30 @@ impl RowDots {
         quantize_q8k: quantize_q8k_portable,
     };
 
-    /// Every kernel set this CPU can run, fastest first, portable last.
-    pub fn available() -> Vec<RowDots> {
-        let mut sets = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        sets.extend(crate::x86::avx512_vnni::row_dots());
-        #[cfg(target_arch = "x86_64")]
-        sets.extend(crate::x86::avx2::row_dots());
-        #[cfg(target_arch = "aarch64")]
-        sets.extend(crate::neon::row_dots());
-        sets.push(RowDots::PORTABLE);
-        sets
+    /// The kernel set of `isa`, if this CPU runs it.
+    pub fn for_isa(isa: Isa) -> Option<RowDots> {
+        if !isa.supported() {
+            return None;
+        }
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => crate::x86::avx512_vnni::row_dots(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => crate::x86::avx2::row_dots(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::neon::row_dots(),
+            Isa::Portable => Some(RowDots::PORTABLE),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
     }
 
-    /// The fastest set, chosen once; `LAMPO_PORTABLE=1` forces the portable one.
-    pub fn detected() -> &'static RowDots {
-        static DETECTED: std::sync::OnceLock<RowDots> = std::sync::OnceLock::new();
-        DETECTED.get_or_init(|| {
-            if crate::simd::portable_forced() {
-                RowDots::PORTABLE
-            } else {
-                RowDots::available()[0]
-            }
-        })
+    /// Every kernel set this CPU can run, fastest first, portable last.
+    pub fn available() -> Vec<RowDots> {
+        Isa::available()
+            .into_iter()
+            .filter_map(RowDots::for_isa)
+            .collect()
     }
 }
 

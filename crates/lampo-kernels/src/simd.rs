@@ -1,8 +1,7 @@
 //! f32 vector primitives, and the f32-by-f16 ones of attention over the f16
-//! KV cache, with a portable path and, on x86-64, an AVX2+FMA(+F16C) path
-//! chosen once at run time.
-
-use std::sync::OnceLock;
+//! KV cache: a portable version of each and, on x86-64, an AVX2+FMA+F16C
+//! one, which the kernel table ([`crate::kernels`]) hands out only on CPUs
+//! that have them. Every version checks the shapes it is given.
 
 use half::f16;
 
@@ -33,14 +32,7 @@ impl F16Run<'_> {
     }
 }
 
-type GroupScoresFn = fn(&[f32], F16Run, &mut [f32]);
-type GroupWeightedSumFn = fn(&mut [f32], &[f32], usize, F16Run);
-
-/// Attention scores of a group of query heads against a run of f16 keys:
-/// `scores[j * g + i] = dot(queries[i], key j)` for the `g` rows of
-/// `queries`. Each key is widened once for the whole group.
-#[inline]
-pub fn group_scores_f16(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+fn check_scores(queries: &[f32], keys: &F16Run, scores: &[f32]) {
     keys.check();
     let g = queries.len() / keys.len.max(1);
     assert_eq!(
@@ -49,26 +41,9 @@ pub fn group_scores_f16(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
         "queries are not rows of the key's length"
     );
     assert_eq!(scores.len(), g * keys.n, "scores are not {} x {g}", keys.n);
-    static SCORES: OnceLock<GroupScoresFn> = OnceLock::new();
-    (SCORES.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if f16c_available() {
-            return group_scores_f16_avx2;
-        }
-        group_scores_f16_portable
-    }))(queries, keys, scores)
 }
 
-/// Attention output of a group of heads over a run of f16 values:
-/// `outs[i] += sum_j weights[i * weight_stride + j] * value j`, `outs`
-/// holding one row of `values.len` per head.
-#[inline]
-pub fn group_weighted_sum_f16(
-    outs: &mut [f32],
-    weights: &[f32],
-    weight_stride: usize,
-    values: F16Run,
-) {
+fn check_sum(outs: &[f32], weights: &[f32], weight_stride: usize, values: &F16Run) {
     values.check();
     let g = outs.len() / values.len.max(1);
     assert_eq!(
@@ -81,22 +56,13 @@ pub fn group_weighted_sum_f16(
         "weights are not {g} rows of {} every {weight_stride}",
         values.n
     );
-    static SUM: OnceLock<GroupWeightedSumFn> = OnceLock::new();
-    (SUM.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if f16c_available() {
-            return group_weighted_sum_f16_avx2;
-        }
-        group_weighted_sum_f16_portable
-    }))(outs, weights, weight_stride, values)
 }
 
-#[cfg(target_arch = "x86_64")]
-fn f16c_available() -> bool {
-    avx2_fma() && is_x86_feature_detected!("f16c")
-}
-
+/// Attention scores of a group of query heads against a run of f16 keys:
+/// `scores[j * g + i] = dot(queries[i], key j)` for the `g` rows of
+/// `queries`. Each key is widened once for the whole group.
 pub fn group_scores_f16_portable(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+    check_scores(queries, &keys, scores);
     let hd = keys.len.max(1);
     let g = queries.len() / hd;
     for j in 0..keys.n {
@@ -110,12 +76,16 @@ pub fn group_scores_f16_portable(queries: &[f32], keys: F16Run, scores: &mut [f3
     }
 }
 
+/// Attention output of a group of heads over a run of f16 values:
+/// `outs[i] += sum_j weights[i * weight_stride + j] * value j`, `outs`
+/// holding one row of `values.len` per head.
 pub fn group_weighted_sum_f16_portable(
     outs: &mut [f32],
     weights: &[f32],
     weight_stride: usize,
     values: F16Run,
 ) {
+    check_sum(outs, weights, weight_stride, &values);
     let hd = values.len.max(1);
     for j in 0..values.n {
         let value = values.at(j);
@@ -151,15 +121,18 @@ macro_rules! by_group {
     };
 }
 
+/// As [`group_scores_f16_portable`] (AVX2+FMA+F16C; only reachable
+/// through a kernel table built after detecting them).
 #[cfg(target_arch = "x86_64")]
-fn group_scores_f16_avx2(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+pub(crate) fn group_scores_f16_avx2(queries: &[f32], keys: F16Run, scores: &mut [f32]) {
+    check_scores(queries, &keys, scores);
     let hd = keys.len;
     let g_all = queries.len() / hd.max(1);
     for g0 in (0..g_all).step_by(GROUP) {
         let g = (g_all - g0).min(GROUP);
         let qs = &queries[g0 * hd..(g0 + g) * hd];
-        // SAFETY: selected only after detecting AVX2, FMA and F16C; the
-        // shapes were checked by `group_scores_f16`.
+        // SAFETY: in a kernel table only after detecting AVX2, FMA and
+        // F16C; the shapes were checked above.
         unsafe { by_group!(g, scores_avx2, qs, keys, scores, g_all, g0) }
     }
 }
@@ -220,21 +193,24 @@ fn finish_scores<const G: usize>(
     }
 }
 
+/// As [`group_weighted_sum_f16_portable`] (AVX2+FMA+F16C; only reachable
+/// through a kernel table built after detecting them).
 #[cfg(target_arch = "x86_64")]
-fn group_weighted_sum_f16_avx2(
+pub(crate) fn group_weighted_sum_f16_avx2(
     outs: &mut [f32],
     weights: &[f32],
     weight_stride: usize,
     values: F16Run,
 ) {
+    check_sum(outs, weights, weight_stride, &values);
     let hd = values.len;
     let g_all = outs.len() / hd.max(1);
     for g0 in (0..g_all).step_by(GROUP) {
         let g = (g_all - g0).min(GROUP);
         let os = &mut outs[g0 * hd..(g0 + g) * hd];
         let ws = &weights[g0 * weight_stride..];
-        // SAFETY: selected only after detecting AVX2, FMA and F16C; the
-        // shapes were checked by `group_weighted_sum_f16`.
+        // SAFETY: in a kernel table only after detecting AVX2, FMA and
+        // F16C; the shapes were checked above.
         unsafe { by_group!(g, weighted_sum_avx2, os, ws, weight_stride, values) }
     }
 }
@@ -288,38 +264,6 @@ fn weighted_sum_avx2<const G: usize>(
     }
 }
 
-type DotFn = fn(&[f32], &[f32]) -> f32;
-
-/// Dot product of two equally long f32 slices.
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    static DOT: OnceLock<DotFn> = OnceLock::new();
-    (DOT.get_or_init(select_dot))(a, b)
-}
-
-fn select_dot() -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    if !portable_forced() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return dot_avx2;
-    }
-    dot_portable
-}
-
-/// Whether the AVX2+FMA builds of the elementwise ops may run here.
-#[cfg(target_arch = "x86_64")]
-pub fn avx2_fma() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        !portable_forced() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    })
-}
-
-/// `LAMPO_PORTABLE=1` forces the portable kernels, so CI can test both paths.
-pub fn portable_forced() -> bool {
-    std::env::var_os("LAMPO_PORTABLE").is_some_and(|v| v != "0")
-}
-
 /// Eight independent accumulators let the compiler keep several vector
 /// registers busy instead of serialising on one sum.
 #[cfg(target_arch = "x86_64")]
@@ -346,6 +290,7 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
 }
 
+/// Dot product of two equally long f32 slices.
 pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     // Without FMA hardware `mul_add` is a slow library call: multiply and add instead.
     let n = a.len().min(b.len());
@@ -366,13 +311,15 @@ pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// As [`dot_portable`] (AVX2+FMA; only reachable through a kernel table
+/// built after detecting them).
 #[cfg(target_arch = "x86_64")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
         dot_lanes(a, b)
     }
-    // SAFETY: only selected after runtime detection of AVX2 and FMA.
+    // SAFETY: in a kernel table only after detecting AVX2 and FMA.
     unsafe { inner(a, b) }
 }
 
@@ -381,88 +328,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_kernels_match_portable_on_odd_sizes() {
-        for (groups, hd, n, stride) in [
-            (1usize, 8usize, 1usize, 8usize),
-            (3, 64, 16, 192),
-            (6, 128, 5, 256),
-            (7, 64, 3, 64),
-            (12, 72, 9, 100),
-            (2, 13, 4, 13),
-        ] {
-            let q: Vec<f32> = (0..groups * hd)
-                .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
-                .collect();
-            let data: Vec<f16> = (0..(n - 1) * stride + hd)
-                .map(|i| f16::from_f32(((i * 7 % 11) as f32 - 5.0) * 0.5))
-                .collect();
-            let run = F16Run {
-                data: &data,
-                stride,
-                len: hd,
-                n,
-            };
-            let (mut fast, mut slow) = (vec![0f32; groups * n], vec![0f32; groups * n]);
-            group_scores_f16(&q, run, &mut fast);
-            group_scores_f16_portable(&q, run, &mut slow);
-            for j in 0..n {
-                for g in 0..groups {
-                    let exact: f64 = (0..hd)
-                        .map(|i| q[g * hd + i] as f64 * data[j * stride + i].to_f64())
-                        .sum();
-                    let at = j * groups + g;
-                    assert!(
-                        (fast[at] as f64 - exact).abs() < 1e-3,
-                        "scores {groups}x{hd}x{n}"
-                    );
-                    assert!((slow[at] as f64 - exact).abs() < 1e-3, "portable scores");
-                }
-            }
-            // Weights as attention lays them out: a row of `n` per head
-            // inside rows of a longer stride.
-            let w_stride = n + 3;
-            let w: Vec<f32> = (0..groups * w_stride)
-                .map(|i| 0.1 + (i % 7) as f32 * 0.05)
-                .collect();
-            let (mut fast, mut slow) = (q.clone(), q.clone());
-            group_weighted_sum_f16(&mut fast, &w, w_stride, run);
-            group_weighted_sum_f16_portable(&mut slow, &w, w_stride, run);
-            for i in 0..groups * hd {
-                let (g, x) = (i / hd, i % hd);
-                let want = q[i]
-                    + (0..n)
-                        .map(|j| w[g * w_stride + j] * data[j * stride + x].to_f32())
-                        .sum::<f32>();
-                assert!(
-                    (fast[i] - want).abs() < 1e-4,
-                    "sum {groups}x{hd}x{n} at {i}"
-                );
-                assert!((slow[i] - want).abs() < 1e-4, "portable sum at {i}");
-            }
+    fn portable_group_kernels_are_dots_and_weighted_sums() {
+        let (hd, n) = (4, 3);
+        let q = [1.0f32, 2.0, 0.0, -1.0, 0.5, 0.5, 0.5, 0.5];
+        let data: Vec<f16> = (0..n * hd).map(|i| f16::from_f32(i as f32)).collect();
+        let run = F16Run {
+            data: &data,
+            stride: hd,
+            len: hd,
+            n,
+        };
+        let mut scores = vec![0f32; 2 * n];
+        group_scores_f16_portable(&q, run, &mut scores);
+        // Key j is [4j, 4j+1, 4j+2, 4j+3].
+        for j in 0..n {
+            let k: Vec<f32> = (0..hd).map(|x| (4 * j + x) as f32).collect();
+            assert_eq!(scores[2 * j], k[0] + 2.0 * k[1] - k[3]);
+            assert_eq!(scores[2 * j + 1], 0.5 * k.iter().sum::<f32>());
         }
-    }
-
-    #[test]
-    fn dispatched_dot_matches_portable_on_odd_sizes() {
-        for n in [0usize, 1, 7, 15, 16, 17, 31, 64, 100, 577, 1536] {
-            let a: Vec<f32> = (0..n)
-                .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
-                .collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5).collect();
-            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            for (name, got) in [
-                ("dispatched", dot_f32(&a, &b)),
-                ("portable", dot_portable(&a, &b)),
-            ] {
-                assert!(
-                    (got as f64 - exact).abs() < 1e-3,
-                    "{name} n={n}: {got} vs {exact}"
-                );
-            }
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                assert!((dot_avx2(&a, &b) as f64 - exact).abs() < 1e-3, "avx2 n={n}");
-            }
-        }
+        let mut out = vec![0f32; 2 * hd];
+        let w = [1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0];
+        group_weighted_sum_f16_portable(&mut out, &w, 3, run);
+        assert_eq!(&out[..hd], &[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(&out[hd..], &[8.0, 9.0, 10.0, 11.0]);
+        assert_eq!(dot_portable(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
     }
 }

@@ -552,3 +552,14 @@ impl GgufFile {
         self.map.len()
     }
 }
+
+/// The mapped file is where backends read weights in place.
+impl lampo_kernels::Mapping for GgufFile {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn release(&self, range: std::ops::Range<usize>) {
+        GgufFile::release(self, range.start, range.len());
+    }
+}

@@ -1,5 +1,6 @@
 //! Lampo's model layer: the GGUF reader, tokenizers and chat templates built
-//! from a file's metadata, and the transformer forward pass over a KV cache.
+//! from a file's metadata, and the transformer forward pass, written once
+//! against the kernels' `Backend` boundary, over a paged KV store.
 
 pub mod arch;
 pub mod chat;
@@ -11,10 +12,12 @@ pub mod tools;
 
 use std::path::Path;
 
+use lampo_kernels::{Backend, Cpu};
+
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use gguf::{Gguf, GgufError, GgufFile};
-pub use model::{KvCache, KvStore, Logits, Model, Sequence};
+pub use model::{KvCache, KvStore, Logits, Model, Sequence, kv_block_bytes};
 pub use tokenizer::{StreamDecoder, TokenKind, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +55,24 @@ pub enum ModelError {
 }
 
 /// A model ready to use: weights, tokenizer and chat template from one file.
-pub struct LoadedModel {
-    pub model: Model,
+pub struct LoadedModel<B: Backend = Cpu> {
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
     /// The model's own chat template, if the file has one.
     pub chat_template: Option<ChatTemplate>,
 }
 
-impl LoadedModel {
-    pub fn load(path: &Path) -> Result<LoadedModel, ModelError> {
-        let model = Model::load(path)?;
+impl LoadedModel<Cpu> {
+    /// Loads a model file onto the process's shared CPU backend.
+    pub fn load(path: &Path) -> Result<LoadedModel<Cpu>, ModelError> {
+        LoadedModel::load_with(path, Cpu::shared())
+    }
+}
+
+impl<B: Backend> LoadedModel<B> {
+    /// Loads a model file onto `backend`.
+    pub fn load_with(path: &Path, backend: B) -> Result<LoadedModel<B>, ModelError> {
+        let model = Model::load_with(path, backend)?;
         let g = &model.file().gguf;
         let tokenizer = Tokenizer::from_gguf(g)?;
         if tokenizer.vocab_size() < model.config.n_vocab {

@@ -1,141 +1,86 @@
 //! The decoder-only transformer forward pass, shared by every family in
-//! [`crate::arch`]: pre-norm attention with grouped-query heads and rotary
-//! positions, then a gated MLP.
+//! [`crate::arch`] and written once against the [`Backend`] boundary:
+//! pre-norm attention with grouped-query heads and rotary positions, then
+//! a gated MLP. The recipe says what is computed; the backend owns the
+//! memory, the kernels and the threads.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use half::f16;
-use half::slice::HalfBitsSliceExt;
-
-use lampo_kernels::ops::{Rope, gelu_mul, rms_norm, rms_norm_in_place, silu_mul, softmax};
-use lampo_kernels::parallel::{for_each_chunk_mut, for_each_chunk_mut_interleaved};
-use lampo_kernels::qdot::RowDots;
+use lampo_kernels::ops::Rope;
 use lampo_kernels::quant::dequantize_row;
-use lampo_kernels::repack::{Packed, interleave_rows8};
-use lampo_kernels::simd::{F16Run, group_scores_f16, group_weighted_sum_f16};
-use lampo_kernels::{Activations, DType, Layout, WeightRef, matmul, matmul_many};
+use lampo_kernels::{Backend, Cpu, Heads, HostMatrix, KvShape, Mapping, SeqSpan};
 
 use crate::ModelError;
-use crate::arch::Activation;
 use crate::config::Config;
 use crate::gguf::{GgufFile, TensorInfo};
 
-/// A weight matrix inside the mapped file, and its interleaved copy when
-/// the kernels read that layout faster.
-#[derive(Clone, Debug)]
-struct Weight {
-    dtype: DType,
-    rows: usize,
-    cols: usize,
-    offset: usize,
-    size: usize,
-    interleaved: Option<Packed>,
-}
-
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
-    qkv_bias: Option<[Vec<f32>; 3]>,
-    wo: Weight,
-    ffn_norm: Vec<f32>,
-    w_gate: Weight,
-    w_up: Weight,
-    w_down: Weight,
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    wq: B::Matrix,
+    wk: B::Matrix,
+    wv: B::Matrix,
+    qkv_bias: Option<[B::Vector; 3]>,
+    wo: B::Matrix,
+    ffn_norm: B::Vector,
+    w_gate: B::Matrix,
+    w_up: B::Matrix,
+    w_down: B::Matrix,
     /// Per-head norms of queries and keys (`qk_norm` families).
-    qk_norm: Option<[Vec<f32>; 2]>,
+    qk_norm: Option<[B::Vector; 2]>,
     /// Norms of the attention and feed-forward outputs (`post_norms` families).
-    post_norms: Option<[Vec<f32>; 2]>,
+    post_norms: Option<[B::Vector; 2]>,
     /// Keys visible to a query, its own included; `None` is unlimited.
     /// Sliding-window layers also rotate with their own RoPE base.
     window: Option<usize>,
 }
 
-/// A loaded model: hyperparameters plus weights that stay in the file mapping.
-pub struct Model {
+/// A loaded model: hyperparameters, and weights prepared by its backend
+/// (read in place from the file mapping where the backend can).
+pub struct Model<B: Backend = Cpu> {
     pub config: Config,
-    file: GgufFile,
-    token_embd: Weight,
-    output_norm: Vec<f32>,
-    /// Separate output matrix, or the token embedding when tied.
-    output: Weight,
-    layers: Vec<Layer>,
+    backend: B,
+    file: Arc<GgufFile>,
+    /// The embedding table, read a row per token.
+    token_embd: B::Matrix,
+    output_norm: B::Vector,
+    /// The output matrix (the token embedding again when tied).
+    output: B::Matrix,
+    layers: Vec<Layer<B>>,
     rope: Rope,
     /// RoPE of the sliding-window layers, when the family has them.
     local_rope: Option<Rope>,
-    activations: Activations,
+    /// Bytes of weights one decode step reads.
+    step_bytes: u64,
+}
+
+/// Bytes one block of `block_size` positions takes in a model's key/value
+/// store (keys and values of every layer, f16).
+pub fn kv_block_bytes(config: &Config, block_size: usize) -> usize {
+    2 * config.n_layer * block_size * config.kv_dim() * 2
 }
 
 /// Keys and values of past positions for any number of sequences, per
-/// layer, in blocks of `block_size` positions, stored as f16: half the
-/// memory of f32, and the precision GGML's default cache has. A sequence
-/// names its blocks in order (its block table); which block belongs to
-/// whom is the caller's business, so blocks can be shared between
-/// sequences with a common prefix.
-pub struct KvStore {
+/// layer, in blocks of `block_size` positions, in the backend's memory. A
+/// sequence names its blocks in order (its block table); which block
+/// belongs to whom is the caller's business, so blocks can be shared
+/// between sequences with a common prefix.
+pub struct KvStore<B: Backend = Cpu> {
+    kv: B::Kv,
     block_size: usize,
-    kv_dim: usize,
-    n_blocks: usize,
-    /// Per layer, `n_blocks * block_size * kv_dim` f16 bit patterns. Zeroed
-    /// allocation: pages cost memory only once a block is written.
-    k: Vec<Vec<u16>>,
-    v: Vec<Vec<u16>>,
 }
 
-impl KvStore {
-    /// A store of `n_blocks` blocks of `block_size` positions (a power of two).
-    pub fn new(config: &Config, block_size: usize, n_blocks: usize) -> KvStore {
-        assert!(block_size.is_power_of_two(), "block size {block_size}");
-        let mut store = KvStore {
-            block_size,
-            kv_dim: config.kv_dim(),
-            n_blocks: 0,
-            k: vec![Vec::new(); config.n_layer],
-            v: vec![Vec::new(); config.n_layer],
-        };
-        store.grow(n_blocks);
-        store
-    }
-
-    /// Bytes one block takes (keys and values of every layer).
-    pub fn block_bytes(config: &Config, block_size: usize) -> usize {
-        2 * config.n_layer * block_size * config.kv_dim() * 2
-    }
-
+impl<B: Backend> KvStore<B> {
     pub fn block_size(&self) -> usize {
         self.block_size
-    }
-
-    pub fn n_blocks(&self) -> usize {
-        self.n_blocks
-    }
-
-    /// Adds blocks up to `n_blocks` in all.
-    fn grow(&mut self, n_blocks: usize) {
-        if n_blocks <= self.n_blocks {
-            return;
-        }
-        let len = n_blocks * self.block_size * self.kv_dim;
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            buf.resize(len, 0);
-        }
-        self.n_blocks = n_blocks;
-    }
-
-    /// Where position `pos` of a sequence with block table `blocks` lives,
-    /// in positions from the start of a layer's buffer.
-    fn slot(&self, blocks: &[u32], pos: usize) -> usize {
-        let bs = self.block_size;
-        blocks[pos / bs] as usize * bs + pos % bs
     }
 }
 
 /// One sequence's cache in a store of its own, for callers that run a
-/// single sequence (the CLI, evaluation, benchmarks): blocks are added as
-/// it fills, up to `capacity` positions.
-pub struct KvCache {
-    store: KvStore,
+/// single sequence (evaluation, benchmarks): blocks are added as it fills,
+/// up to `capacity` positions.
+pub struct KvCache<B: Backend = Cpu> {
+    store: KvStore<B>,
     blocks: Vec<u32>,
     len: usize,
     capacity: usize,
@@ -144,17 +89,7 @@ pub struct KvCache {
 /// Block size of a single-sequence cache.
 const OWN_BLOCK: usize = 64;
 
-impl KvCache {
-    /// A cache for up to `capacity` positions; memory grows as it fills.
-    pub fn new(config: &Config, capacity: usize) -> KvCache {
-        KvCache {
-            store: KvStore::new(config, OWN_BLOCK, 0),
-            blocks: Vec::new(),
-            len: 0,
-            capacity,
-        }
-    }
-
+impl<B: Backend> KvCache<B> {
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
@@ -196,47 +131,77 @@ pub enum Logits {
     All,
 }
 
-impl Model {
-    /// Maps a GGUF file and checks that it holds a complete model of a supported family.
-    pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let file = GgufFile::open(path)?;
-        Model::from_file(file)
+impl Model<Cpu> {
+    /// Maps a GGUF file and checks that it holds a complete model of a
+    /// supported family, on the process's shared CPU backend.
+    pub fn load(path: &Path) -> Result<Model<Cpu>, ModelError> {
+        Model::load_with(path, Cpu::shared())
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// As [`Model::load`], on `backend`.
+    pub fn load_with(path: &Path, backend: B) -> Result<Model<B>, ModelError> {
+        Model::from_file(GgufFile::open(path)?, backend)
     }
 
-    pub fn from_file(file: GgufFile) -> Result<Model, ModelError> {
+    pub fn from_file(file: GgufFile, backend: B) -> Result<Model<B>, ModelError> {
+        let file = Arc::new(file);
         let config = Config::from_gguf(&file.gguf)?;
         let c = &config;
         let (d, q, kv, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
-        let token_embd = weight(&file, "token_embd.weight", d, c.n_vocab)?;
-        let output = match file.gguf.tensor("output.weight") {
-            Some(_) => weight(&file, "output.weight", d, c.n_vocab)?,
-            None => token_embd.clone(),
+        let source: Arc<dyn Mapping> = file.clone();
+        let host = |name: &str, cols: usize, rows: usize| -> Result<HostMatrix, ModelError> {
+            let t = tensor(&file, name)?;
+            check_shape(t, &[cols as u64, rows as u64])?;
+            Ok(HostMatrix {
+                dtype: t.dtype,
+                rows,
+                cols,
+                source: source.clone(),
+                range: t.offset..t.offset + t.size,
+            })
         };
-        let output_norm = vector(&file, "output_norm.weight", d)?;
+        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelError> {
+            let t = tensor(&file, name)?;
+            check_shape(t, &[len as u64])?;
+            let mut out = vec![0f32; len];
+            dequantize_row(t.dtype, file.data(t), &mut out);
+            Ok(backend.vector(&out))
+        };
+        let mut step_bytes = 0u64;
+        let mut matrix = |name: &str, cols: usize, rows: usize| -> Result<B::Matrix, ModelError> {
+            let h = host(name, cols, rows)?;
+            step_bytes += h.range.len() as u64;
+            Ok(backend.matrix(h))
+        };
+        let embd = host("token_embd.weight", d, c.n_vocab)?;
+        let token_embd = backend.table(embd.clone());
+        let output_norm = vector("output_norm.weight", d)?;
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}");
             let qkv_bias = if c.spec.qkv_bias {
                 Some([
-                    vector(&file, &name("attn_q.bias"), q)?,
-                    vector(&file, &name("attn_k.bias"), kv)?,
-                    vector(&file, &name("attn_v.bias"), kv)?,
+                    vector(&name("attn_q.bias"), q)?,
+                    vector(&name("attn_k.bias"), kv)?,
+                    vector(&name("attn_v.bias"), kv)?,
                 ])
             } else {
                 None
             };
             let qk_norm = if c.spec.qk_norm {
                 Some([
-                    vector(&file, &name("attn_q_norm.weight"), hd)?,
-                    vector(&file, &name("attn_k_norm.weight"), hd)?,
+                    vector(&name("attn_q_norm.weight"), hd)?,
+                    vector(&name("attn_k_norm.weight"), hd)?,
                 ])
             } else {
                 None
             };
             let post_norms = if c.spec.post_norms {
                 Some([
-                    vector(&file, &name("post_attention_norm.weight"), d)?,
-                    vector(&file, &name("post_ffw_norm.weight"), d)?,
+                    vector(&name("post_attention_norm.weight"), d)?,
+                    vector(&name("post_ffw_norm.weight"), d)?,
                 ])
             } else {
                 None
@@ -247,35 +212,25 @@ impl Model {
                 .as_ref()
                 .filter(|sw| (i + 1) % sw.pattern != 0);
             layers.push(Layer {
-                attn_norm: vector(&file, &name("attn_norm.weight"), d)?,
-                wq: weight(&file, &name("attn_q.weight"), d, q)?,
-                wk: weight(&file, &name("attn_k.weight"), d, kv)?,
-                wv: weight(&file, &name("attn_v.weight"), d, kv)?,
+                attn_norm: vector(&name("attn_norm.weight"), d)?,
+                wq: matrix(&name("attn_q.weight"), d, q)?,
+                wk: matrix(&name("attn_k.weight"), d, kv)?,
+                wv: matrix(&name("attn_v.weight"), d, kv)?,
                 qkv_bias,
-                wo: weight(&file, &name("attn_output.weight"), q, d)?,
-                ffn_norm: vector(&file, &name("ffn_norm.weight"), d)?,
-                w_gate: weight(&file, &name("ffn_gate.weight"), d, ff)?,
-                w_up: weight(&file, &name("ffn_up.weight"), d, ff)?,
-                w_down: weight(&file, &name("ffn_down.weight"), ff, d)?,
+                wo: matrix(&name("attn_output.weight"), q, d)?,
+                ffn_norm: vector(&name("ffn_norm.weight"), d)?,
+                w_gate: matrix(&name("ffn_gate.weight"), d, ff)?,
+                w_up: matrix(&name("ffn_up.weight"), d, ff)?,
+                w_down: matrix(&name("ffn_down.weight"), ff, d)?,
                 qk_norm,
                 post_norms,
                 window: local.map(|sw| sw.window),
             });
         }
-        let output = interleave(&file, output);
-        let layers = layers
-            .into_iter()
-            .map(|l| Layer {
-                wq: interleave(&file, l.wq),
-                wk: interleave(&file, l.wk),
-                wv: interleave(&file, l.wv),
-                wo: interleave(&file, l.wo),
-                w_gate: interleave(&file, l.w_gate),
-                w_up: interleave(&file, l.w_up),
-                w_down: interleave(&file, l.w_down),
-                ..l
-            })
-            .collect();
+        let output = match file.gguf.tensor("output.weight") {
+            Some(_) => matrix("output.weight", d, c.n_vocab)?,
+            None => matrix("token_embd.weight", d, c.n_vocab)?,
+        };
         let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
         let local_rope = c
             .spec
@@ -284,6 +239,7 @@ impl Model {
             .map(|sw| Rope::new(c.spec.rope_style, c.rope_dims, sw.rope_base));
         Ok(Model {
             config,
+            backend,
             file,
             token_embd,
             output_norm,
@@ -291,13 +247,12 @@ impl Model {
             layers,
             rope,
             local_rope,
-            activations: Activations::default(),
+            step_bytes,
         })
     }
 
-    /// Chooses how matmuls treat activations (8-bit integer dots by default).
-    pub fn set_activations(&mut self, activations: Activations) {
-        self.activations = activations;
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -307,47 +262,36 @@ impl Model {
     /// Bytes of weights one decode step reads: every layer's matrices and
     /// the output matrix (the single embedding row it also reads aside).
     pub fn weight_bytes_per_token(&self) -> u64 {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|w| w.size)
-                    .sum::<usize>()
-            })
-            .sum();
-        (layers + self.output.size) as u64
+        self.step_bytes
     }
 
     /// Bytes of KV cache per position (keys and values of every layer, f16).
     pub fn kv_bytes_per_position(&self) -> u64 {
-        (2 * self.config.n_layer * self.config.kv_dim() * 2) as u64
+        kv_block_bytes(&self.config, 1) as u64
     }
 
-    /// A matrix as the matmuls read it: interleaved when it has that copy
-    /// and activations are 8-bit (the only kernels for that layout).
-    fn w<'a>(&'a self, w: &'a Weight) -> WeightRef<'a> {
-        match &w.interleaved {
-            Some(data) if self.activations == Activations::Q8 => WeightRef {
-                dtype: w.dtype,
-                rows: w.rows,
-                cols: w.cols,
-                data,
-                layout: Layout::Rows8,
-            },
-            _ => self.w_rows(w),
+    /// A store of `n_blocks` blocks of `block_size` positions (a power of
+    /// two) in the backend's memory.
+    pub fn kv_store(&self, block_size: usize, n_blocks: usize) -> KvStore<B> {
+        let shape = KvShape {
+            layers: self.config.n_layer,
+            kv_dim: self.config.kv_dim(),
+            block_size,
+        };
+        KvStore {
+            kv: self.backend.kv(shape, n_blocks),
+            block_size,
         }
     }
 
-    /// A matrix row by row, as in the file.
-    fn w_rows<'a>(&'a self, w: &'a Weight) -> WeightRef<'a> {
-        WeightRef {
-            dtype: w.dtype,
-            rows: w.rows,
-            cols: w.cols,
-            data: self.file.data_slice(w.offset, w.size),
-            layout: Layout::Rows,
+    /// A single sequence's cache for up to `capacity` positions; memory
+    /// grows as it fills.
+    pub fn kv_cache(&self, capacity: usize) -> KvCache<B> {
+        KvCache {
+            store: self.kv_store(OWN_BLOCK, 0),
+            blocks: Vec::new(),
+            len: 0,
+            capacity,
         }
     }
 
@@ -357,7 +301,7 @@ impl Model {
     pub fn forward(
         &self,
         tokens: &[u32],
-        kv: &mut KvCache,
+        kv: &mut KvCache<B>,
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
         let needed = kv.len + tokens.len();
@@ -368,7 +312,7 @@ impl Model {
             });
         }
         let n_blocks = needed.div_ceil(OWN_BLOCK);
-        kv.store.grow(n_blocks);
+        self.backend.kv_grow(&mut kv.store.kv, n_blocks);
         kv.blocks.extend(kv.blocks.len() as u32..n_blocks as u32);
         let seq = Sequence {
             tokens,
@@ -389,10 +333,12 @@ impl Model {
     /// for their common past, never for the positions they write.
     pub fn forward_batch(
         &self,
-        store: &mut KvStore,
+        store: &mut KvStore<B>,
         seqs: &[Sequence],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
+        let b = &self.backend;
+        let n_blocks = b.kv_blocks(&store.kv);
         for s in seqs.iter() {
             let capacity = s.blocks.len() * store.block_size;
             if s.past + s.tokens.len() > capacity {
@@ -401,10 +347,9 @@ impl Model {
                     capacity,
                 });
             }
-            if let Some(&bad) = s.blocks.iter().find(|&&b| b as usize >= store.n_blocks) {
+            if let Some(&bad) = s.blocks.iter().find(|&&id| id as usize >= n_blocks) {
                 return Err(ModelError::Config(format!(
-                    "KV block {bad} is outside the store of {} blocks",
-                    store.n_blocks
+                    "KV block {bad} is outside the store of {n_blocks} blocks"
                 )));
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
@@ -414,266 +359,124 @@ impl Model {
                 });
             }
         }
-        // Rows `starts[i]..starts[i + 1]` of every activation belong to sequence i.
-        let mut starts = vec![0usize];
-        for s in seqs.iter() {
-            starts.push(starts.last().unwrap() + s.tokens.len());
+        // Rows `spans[i].rows` of every activation belong to sequence i.
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut n = 0;
+        for s in seqs {
+            spans.push(SeqSpan {
+                rows: n..n + s.tokens.len(),
+                past: s.past,
+                blocks: s.blocks,
+            });
+            n += s.tokens.len();
         }
-        let n = *starts.last().unwrap();
         if n == 0 {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
         let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
-        let pasts: Vec<usize> = seqs.iter().map(|s| s.past).collect();
 
-        let mut x = vec![0f32; n * d];
-        let embd = self.w_rows(&self.token_embd);
-        let all_tokens = seqs.iter().flat_map(|s| s.tokens.iter());
-        for (row, &t) in x.chunks_exact_mut(d).zip(all_tokens) {
-            embd.dequantize_row_into(t as usize, row);
-        }
+        let mut x = b.tensor(n, d);
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        b.embed(&self.token_embd, &tokens, &mut x);
         if c.spec.scale_embeddings {
-            let scale = (d as f32).sqrt();
-            x.iter_mut().for_each(|v| *v *= scale);
+            b.scale(&mut x, (d as f32).sqrt());
         }
 
-        let mut h = vec![0f32; n * d];
-        let mut q = vec![0f32; n * qd];
-        let mut k = vec![0f32; n * kvd];
-        let mut v = vec![0f32; n * kvd];
-        let mut attn = vec![0f32; n * qd];
-        let mut proj = vec![0f32; n * d];
-        let mut gate = vec![0f32; n * c.n_ff];
-        let mut up = vec![0f32; n * c.n_ff];
+        let mut h = b.tensor(n, d);
+        let mut q = b.tensor(n, qd);
+        let mut k = b.tensor(n, kvd);
+        let mut v = b.tensor(n, kvd);
+        let mut attn = b.tensor(n, qd);
+        let mut proj = b.tensor(n, d);
+        let mut gate = b.tensor(n, c.n_ff);
+        let mut up = b.tensor(n, c.n_ff);
 
         // Every layer rotates the same positions: sines and cosines once.
-        let tables: Vec<_> = seqs
-            .iter()
-            .zip(&pasts)
-            .map(|(s, &past)| {
-                let global = self.rope.table(past, s.tokens.len());
-                let local = self
-                    .local_rope
-                    .as_ref()
-                    .map(|r| r.table(past, s.tokens.len()));
-                (global, local)
-            })
-            .collect();
+        let global = b.rope_table(&self.rope, &spans);
+        let local = self.local_rope.as_ref().map(|r| b.rope_table(r, &spans));
+        let style = c.spec.rope_style;
         for (li, layer) in self.layers.iter().enumerate() {
-            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
-                rms_norm(xr, &layer.attn_norm, c.rms_eps, hr);
-            }
-            matmul_many(
+            b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            b.matmul(
                 &h,
                 &mut [
-                    (self.w(&layer.wq), &mut q[..]),
-                    (self.w(&layer.wk), &mut k[..]),
-                    (self.w(&layer.wv), &mut v[..]),
+                    (&layer.wq, &mut q),
+                    (&layer.wk, &mut k),
+                    (&layer.wv, &mut v),
                 ],
-                self.activations,
             );
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
-                add_rows(&mut q, bq);
-                add_rows(&mut k, bk);
-                add_rows(&mut v, bv);
+                b.add_bias(&mut q, bq);
+                b.add_bias(&mut k, bk);
+                b.add_bias(&mut v, bv);
             }
             if let Some([qn, kn]) = &layer.qk_norm {
-                q.chunks_exact_mut(hd)
-                    .for_each(|head| rms_norm_in_place(head, qn, c.rms_eps));
-                k.chunks_exact_mut(hd)
-                    .for_each(|head| rms_norm_in_place(head, kn, c.rms_eps));
+                b.rms_norm_pieces(&mut q, qn, c.rms_eps);
+                b.rms_norm_pieces(&mut k, kn, c.rms_eps);
             }
-            for (si, s) in seqs.iter().enumerate() {
-                let (lo, hi, past) = (starts[si], starts[si + 1], pasts[si]);
-                let rope = match (&tables[si].1, layer.window) {
-                    (Some(local), Some(_)) => local,
-                    _ => &tables[si].0,
-                };
-                for i in lo..hi {
-                    let pos = past + i - lo;
-                    rope.apply(&mut q[i * qd..(i + 1) * qd], hd, pos);
-                    rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, pos);
-                    let at = store.slot(s.blocks, pos) * kvd;
-                    let (ks, vs) = (&mut store.k[li][at..][..kvd], &mut store.v[li][at..][..kvd]);
-                    for (dst, &x) in ks.iter_mut().zip(&k[i * kvd..(i + 1) * kvd]) {
-                        *dst = f16::from_f32(x).to_bits();
-                    }
-                    for (dst, &x) in vs.iter_mut().zip(&v[i * kvd..(i + 1) * kvd]) {
-                        *dst = f16::from_f32(x).to_bits();
-                    }
-                }
-                // Queries meet keys at f16 precision, as in GGML's f16 attention.
-                for x in q[lo * qd..hi * qd].iter_mut() {
-                    *x = f16::from_f32(*x).to_f32();
-                }
-                self.attention(
-                    &q[lo * qd..hi * qd],
-                    store,
-                    li,
-                    s.blocks,
-                    past,
-                    layer.window,
-                    &mut attn[lo * qd..hi * qd],
-                );
-            }
-
-            matmul(&self.w(&layer.wo), &attn, &mut proj, self.activations);
-            if let Some([post_attn, _]) = &layer.post_norms {
-                proj.chunks_exact_mut(d)
-                    .for_each(|r| rms_norm_in_place(r, post_attn, c.rms_eps));
-            }
-            add_assign(&mut x, &proj);
-
-            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
-                rms_norm(xr, &layer.ffn_norm, c.rms_eps, hr);
-            }
-            matmul_many(
-                &h,
-                &mut [
-                    (self.w(&layer.w_gate), &mut gate[..]),
-                    (self.w(&layer.w_up), &mut up[..]),
-                ],
-                self.activations,
-            );
-            let act = match c.spec.activation {
-                Activation::Silu => silu_mul,
-                Activation::GeluTanh => gelu_mul,
+            let table = match (&local, layer.window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
             };
-            for_each_chunk_mut(&mut gate, c.n_ff, |t, g| {
-                act(g, &up[t * c.n_ff..][..c.n_ff])
-            });
-            matmul(&self.w(&layer.w_down), &gate, &mut proj, self.activations);
-            if let Some([_, post_ffn]) = &layer.post_norms {
-                proj.chunks_exact_mut(d)
-                    .for_each(|r| rms_norm_in_place(r, post_ffn, c.rms_eps));
+            b.rope(&mut q, table, style, hd);
+            b.rope(&mut k, table, style, hd);
+            b.write_kv(&mut store.kv, li, &k, &v, &spans);
+            let heads = Heads {
+                n_head: c.n_head,
+                n_kv_head: c.n_head_kv,
+                head_dim: hd,
+                window: layer.window,
+            };
+            b.attention(&mut q, &store.kv, li, heads, &spans, &mut attn);
+
+            b.matmul(&attn, &mut [(&layer.wo, &mut proj)]);
+            if let Some([post_attn, _]) = &layer.post_norms {
+                b.rms_norm_pieces(&mut proj, post_attn, c.rms_eps);
             }
-            add_assign(&mut x, &proj);
+            b.add(&mut x, &proj);
+
+            b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            b.matmul(
+                &h,
+                &mut [(&layer.w_gate, &mut gate), (&layer.w_up, &mut up)],
+            );
+            b.gated(c.spec.activation, &mut gate, &up);
+            b.matmul(&gate, &mut [(&layer.w_down, &mut proj)]);
+            if let Some([_, post_ffn]) = &layer.post_norms {
+                b.rms_norm_pieces(&mut proj, post_ffn, c.rms_eps);
+            }
+            b.add(&mut x, &proj);
         }
 
         // The rows that need logits, all through the output matrix at once.
-        let mut picked: Vec<(usize, usize)> = Vec::new();
-        for (si, s) in seqs.iter().enumerate() {
-            let (lo, hi) = (starts[si], starts[si + 1]);
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(seqs.len());
+        for (s, span) in seqs.iter().zip(&spans) {
+            let (lo, hi) = (span.rows.start, span.rows.end);
             let first = match s.logits {
                 Logits::None => hi,
                 Logits::Last => hi.saturating_sub(1).max(lo),
                 Logits::All => lo,
             };
-            picked.push((first, hi));
-        }
-        let rows: usize = picked.iter().map(|(a, b)| b - a).sum();
-        let mut normed = vec![0f32; rows * d];
-        let mut at = 0;
-        for &(a, b) in &picked {
-            for r in a..b {
-                rms_norm(
-                    &x[r * d..(r + 1) * d],
-                    &self.output_norm,
-                    c.rms_eps,
-                    &mut normed[at * d..(at + 1) * d],
-                );
-                at += 1;
-            }
-        }
-        let mut out = vec![0f32; rows * c.n_vocab];
-        if rows > 0 {
-            matmul(&self.w(&self.output), &normed, &mut out, self.activations);
+            rows.extend(first..hi);
+            counts.push(hi - first);
         }
         let mut result = Vec::with_capacity(seqs.len());
+        if rows.is_empty() {
+            result.resize(seqs.len(), Vec::new());
+            return Ok(result);
+        }
+        let picked = b.gather(&x, &rows);
+        let mut normed = b.tensor(rows.len(), d);
+        b.rms_norm(&picked, &self.output_norm, c.rms_eps, &mut normed);
+        let mut out = b.tensor(rows.len(), c.n_vocab);
+        b.matmul(&normed, &mut [(&self.output, &mut out)]);
         let mut at = 0;
-        for &(a, b) in &picked {
-            result.push(out[at * c.n_vocab..(at + b - a) * c.n_vocab].to_vec());
-            at += b - a;
+        for count in counts {
+            result.push(b.read(&out, at..at + count));
+            at += count;
         }
         Ok(result)
-    }
-
-    /// Causal attention of the `n` new queries over the `past + n` positions,
-    /// or the last `window` of them.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        q: &[f32],
-        store: &KvStore,
-        layer: usize,
-        blocks: &[u32],
-        past: usize,
-        window: Option<usize>,
-        out: &mut [f32],
-    ) {
-        let c = &self.config;
-        let (hd, kvd, n_head, n_kv) = (c.head_dim, c.kv_dim(), c.n_head, c.n_head_kv);
-        let group = n_head / n_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let keys: &[f16] = store.k[layer].reinterpret_cast();
-        let values: &[f16] = store.v[layer].reinterpret_cast();
-        // One piece of `out` per (token, KV head): the group of query heads
-        // sharing that KV head, so each key and value is widened to f32 once
-        // for all of them. Pieces are dealt out round-robin so that each
-        // thread gets as many late (long) rows of the causal triangle.
-        for_each_chunk_mut_interleaved(out, group * hd, |idx, o| {
-            let (i, kv_head) = (idx / n_kv, idx % n_kv);
-            let kv_off = kv_head * hd;
-            let queries = &q[(i * n_head + kv_head * group) * hd..][..group * hd];
-            let seen = past + i + 1;
-            let first = window.map_or(0, |w| seen.saturating_sub(w));
-            let len = seen - first;
-            // Positions in runs that stay within one KV block (contiguous
-            // in the store), as `(offset from first, slot of its start, length)`.
-            let bs = store.block_size;
-            let starts = std::iter::successors(Some(first), |&p| {
-                let next = (p / bs + 1) * bs;
-                (next < seen).then_some(next)
-            });
-            let runs = starts.map(|p| {
-                let end = ((p / bs + 1) * bs).min(seen);
-                (p - first, store.slot(blocks, p), end - p)
-            });
-            // Scores key by key (`[j][g]`), then softmax per head over `j`.
-            let mut scores = vec![0f32; len * group];
-            for (at, slot, n) in runs.clone() {
-                let keys = F16Run {
-                    data: &keys[slot * kvd + kv_off..],
-                    stride: kvd,
-                    len: hd,
-                    n,
-                };
-                group_scores_f16(queries, keys, &mut scores[at * group..(at + n) * group]);
-            }
-            let mut probs = vec![0f32; group * len];
-            for (g, row) in probs.chunks_exact_mut(len).enumerate() {
-                for (j, w) in row.iter_mut().enumerate() {
-                    *w = scores[j * group + g] * scale;
-                }
-                softmax(row);
-                // Probabilities meet values at f16 precision, as in GGML.
-                for w in row.iter_mut() {
-                    *w = f16::from_f32(*w).to_f32();
-                }
-            }
-            o.fill(0.0);
-            for (at, slot, n) in runs {
-                let values = F16Run {
-                    data: &values[slot * kvd + kv_off..],
-                    stride: kvd,
-                    len: hd,
-                    n,
-                };
-                group_weighted_sum_f16(o, &probs[at..], len, values);
-            }
-        });
-    }
-}
-
-fn add_rows(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        add_assign(row, bias);
-    }
-}
-
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
     }
 }
 
@@ -692,51 +495,4 @@ fn check_shape(t: &TensorInfo, want: &[u64]) -> Result<(), ModelError> {
         });
     }
     Ok(())
-}
-
-/// A matrix with rows of `cols` values (GGML shape `[cols, rows]`).
-fn weight(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Weight, ModelError> {
-    let t = tensor(file, name)?;
-    check_shape(t, &[cols as u64, rows as u64])?;
-    Ok(Weight {
-        dtype: t.dtype,
-        rows,
-        cols,
-        offset: t.offset,
-        size: t.size,
-        interleaved: None,
-    })
-}
-
-/// Gives `w` its interleaved copy when this CPU's kernels have one for its
-/// format, and lets the kernel drop the mapped original from memory (it
-/// stays in the page cache for the f32-activation path).
-fn interleave(file: &GgufFile, mut w: Weight) -> Weight {
-    let Some(kernels) = RowDots::detected()
-        .rows8
-        .filter(|k| k.dots.supports(w.dtype))
-    else {
-        return w;
-    };
-    let original = WeightRef {
-        dtype: w.dtype,
-        rows: w.rows,
-        cols: w.cols,
-        data: file.data_slice(w.offset, w.size),
-        layout: Layout::Rows,
-    };
-    w.interleaved = interleave_rows8(&original, kernels.unit);
-    if w.interleaved.is_some() {
-        file.release(w.offset, w.size);
-    }
-    w
-}
-
-/// A vector (norm gain or bias), dequantized to f32 since it is small.
-fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-    let t = tensor(file, name)?;
-    check_shape(t, &[len as u64])?;
-    let mut out = vec![0f32; len];
-    dequantize_row(t.dtype, file.data(t), &mut out);
-    Ok(out)
 }

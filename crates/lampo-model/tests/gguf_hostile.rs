@@ -113,7 +113,7 @@ fn load_model(bytes: &[u8], name: &str) -> Result<Model, ModelError> {
     let path = write_temp(bytes, name);
     let result = GgufFile::open(&path)
         .map_err(ModelError::from)
-        .and_then(Model::from_file);
+        .and_then(|f| Model::from_file(f, lampo_kernels::Cpu::shared()));
     std::fs::remove_file(&path).ok();
     result
 }
@@ -129,7 +129,7 @@ fn a_well_formed_tiny_model_loads_and_runs() {
         ),
         (1, 8, 16)
     );
-    let mut kv = lampo_model::KvCache::new(&model.config, 8);
+    let mut kv = model.kv_cache(8);
     let logits = model
         .forward(&[1, 2, 3], &mut kv, lampo_model::Logits::All)
         .unwrap();

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use lampo_kernels::Backend;
 use lampo_model::{LoadedModel, Logits};
 
 use crate::engine::{EngineConfig, Job};
@@ -38,9 +39,9 @@ use runner::Runner;
 const CATCH_UP: usize = 8;
 
 /// Serves jobs from `jobs` until every sender is gone and no work is left.
-pub(crate) fn run(
-    lm: &LoadedModel,
-    draft: Option<&LoadedModel>,
+pub(crate) fn run<B: Backend>(
+    lm: &LoadedModel<B>,
+    draft: Option<&LoadedModel<B>>,
     cfg: &EngineConfig,
     n_blocks: usize,
     jobs: mpsc::Receiver<Job>,
@@ -69,13 +70,13 @@ pub(crate) fn run(
     }
 }
 
-struct Worker<'a> {
-    lm: &'a LoadedModel,
+struct Worker<'a, B: Backend> {
+    lm: &'a LoadedModel<B>,
     cfg: &'a EngineConfig,
     counters: &'a Counters,
     planner: Planner,
     streams: HashMap<SeqId, Stream>,
-    runner: Runner<'a>,
+    runner: Runner<'a, B>,
     next_id: SeqId,
 }
 
@@ -83,7 +84,7 @@ struct Worker<'a> {
 /// (`None`: not a fair measure of proposing).
 type Proposal = (Proposer, usize, Option<Duration>);
 
-impl Worker<'_> {
+impl<B: Backend> Worker<'_, B> {
     fn enqueue(&mut self, job: Job) {
         let Job {
             request,

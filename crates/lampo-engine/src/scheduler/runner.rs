@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use lampo_kernels::Backend;
 use lampo_model::{KvStore, LoadedModel, Logits, Sequence};
 
 use crate::clock::{ClockHandle, Work};
@@ -15,35 +16,35 @@ use crate::sampling::argmax;
 use crate::scheduler::output::panic_message;
 use crate::scheduler::plan::{Item, Planner, SeqId, Slot};
 
-pub(crate) struct Runner<'a> {
-    lm: &'a LoadedModel,
-    store: KvStore,
-    draft: Option<Draft<'a>>,
+pub(crate) struct Runner<'a, B: Backend> {
+    lm: &'a LoadedModel<B>,
+    store: KvStore<B>,
+    draft: Option<Draft<'a, B>>,
     clock: ClockHandle,
 }
 
-struct Draft<'a> {
-    lm: &'a LoadedModel,
-    store: KvStore,
+struct Draft<'a, B: Backend> {
+    lm: &'a LoadedModel<B>,
+    store: KvStore<B>,
     /// Per request, the positions of its text whose draft keys and values
     /// are in the draft store.
     held: HashMap<SeqId, usize>,
 }
 
-impl<'a> Runner<'a> {
+impl<'a, B: Backend> Runner<'a, B> {
     pub fn new(
-        lm: &'a LoadedModel,
-        draft: Option<&'a LoadedModel>,
+        lm: &'a LoadedModel<B>,
+        draft: Option<&'a LoadedModel<B>>,
         block_size: usize,
         n_blocks: usize,
         clock: ClockHandle,
-    ) -> Runner<'a> {
+    ) -> Runner<'a, B> {
         Runner {
             lm,
-            store: KvStore::new(&lm.model.config, block_size, n_blocks),
+            store: lm.model.kv_store(block_size, n_blocks),
             draft: draft.map(|d| Draft {
                 lm: d,
-                store: KvStore::new(&d.model.config, block_size, n_blocks),
+                store: d.model.kv_store(block_size, n_blocks),
                 held: HashMap::new(),
             }),
             clock,
@@ -119,7 +120,7 @@ impl<'a> Runner<'a> {
             .unwrap_or(0)
             .min(tokens.len() - 1);
         let (mut passes, mut positions) = (0, 0);
-        let mut run = |from: usize, ts: &[u32], store: &mut KvStore| {
+        let mut run = |from: usize, ts: &[u32], store: &mut KvStore<B>| {
             passes += 1;
             positions += ts.len();
             let seq = Sequence {

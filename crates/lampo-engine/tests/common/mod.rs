@@ -11,7 +11,13 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// Loads a model fetched by `scripts/fetch-models`, by its short name.
+#[allow(dead_code)]
 pub fn load(name: &str) -> LoadedModel {
+    load_on(name, lampo_kernels::Cpu::shared())
+}
+
+/// As `load`, on `backend`.
+pub fn load_on(name: &str, backend: lampo_kernels::Cpu) -> LoadedModel {
     let file = match name {
         "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
         "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
@@ -24,7 +30,7 @@ pub fn load(name: &str) -> LoadedModel {
         "{} missing: run scripts/fetch-models {name}",
         path.display()
     );
-    LoadedModel::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+    LoadedModel::load_with(&path, backend).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// One request at a time through an engine of its own: the reference the

@@ -14,12 +14,7 @@ use crate::ModelError;
 use crate::gguf::Gguf;
 
 /// Feed-forward activation of the gated MLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-    /// GELU, tanh approximation.
-    GeluTanh,
-}
+pub use lampo_kernels::Activation;
 
 /// Local attention on some layers.
 #[derive(Clone, Debug, PartialEq)]

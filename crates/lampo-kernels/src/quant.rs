@@ -29,6 +29,18 @@ pub const QK_K: usize = 256;
 
 impl DType {
     /// Every supported format, for tests and listings.
+    /// The block-quantized formats (those with integer dot products).
+    pub const QUANTIZED: [DType; 8] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
     pub const ALL: [DType; 11] = [
         DType::F32,
         DType::F16,
@@ -297,13 +309,58 @@ pub fn dequantize_row(ty: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+fn f16b(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
+/// Deterministic pseudo-random bytes for property checks.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// `n` values of `ty` as deterministic pseudo-random blocks whose f16
+/// fields hold small finite values: sample weights for tests and benchmarks
+/// (every code, scale and minimum occurs).
+pub fn sample_blocks(ty: DType, n: usize, seed: u64) -> Vec<u8> {
+    let mut row = noise(ty.bytes_for(n as u64).unwrap() as usize, seed);
+    let f16_fields: &[usize] = match ty {
+        DType::F16 => &[],
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q6_K => &[208],
+        _ => &[],
+    };
+    let bytes = ty.block_bytes();
+    for (i, block) in row.chunks_exact_mut(bytes).enumerate() {
+        for &off in f16_fields {
+            block[off..off + 2].copy_from_slice(&f16b(0.01 * (1 + i % 7) as f32));
+        }
+    }
+    match ty {
+        DType::F32 => row
+            .chunks_exact(4)
+            .enumerate()
+            .flat_map(|(i, _)| ((i as f32 * 0.37).sin()).to_le_bytes())
+            .collect(),
+        DType::F16 => (0..n).flat_map(|i| f16b((i as f32 * 0.37).sin())).collect(),
+        DType::BF16 => (0..n)
+            .flat_map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes())
+            .collect(),
+        _ => row,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    fn f16b(v: f32) -> [u8; 2] {
-        f16::from_f32(v).to_le_bytes()
-    }
 
     fn deq(ty: DType, block: &[u8]) -> Vec<f32> {
         let mut y = vec![0f32; ty.block_len()];
@@ -475,19 +532,6 @@ pub(crate) mod tests {
         assert_eq!(y[144], 0.5 * 5.0 * -32.0);
     }
 
-    /// Deterministic pseudo-random bytes for property checks.
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect()
-    }
-
     /// Every block-quantized format (those with integer dot products).
     pub(crate) const QUANTIZED: [DType; 8] = [
         DType::Q4_0,
@@ -502,31 +546,6 @@ pub(crate) mod tests {
 
     /// Random blocks whose f16 fields hold small finite values.
     pub(crate) fn random_row(ty: DType, n: usize, seed: u64) -> Vec<u8> {
-        let mut row = noise(ty.bytes_for(n as u64).unwrap() as usize, seed);
-        let f16_fields: &[usize] = match ty {
-            DType::F16 => &[],
-            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
-            DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
-            DType::Q6_K => &[208],
-            _ => &[],
-        };
-        let bytes = ty.block_bytes();
-        for (i, block) in row.chunks_exact_mut(bytes).enumerate() {
-            for &off in f16_fields {
-                block[off..off + 2].copy_from_slice(&f16b(0.01 * (1 + i % 7) as f32));
-            }
-        }
-        match ty {
-            DType::F32 => row
-                .chunks_exact(4)
-                .enumerate()
-                .flat_map(|(i, _)| ((i as f32 * 0.37).sin()).to_le_bytes())
-                .collect(),
-            DType::F16 => (0..n).flat_map(|i| f16b((i as f32 * 0.37).sin())).collect(),
-            DType::BF16 => (0..n)
-                .flat_map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes())
-                .collect(),
-            _ => row,
-        }
+        super::sample_blocks(ty, n, seed)
     }
 }

@@ -183,10 +183,21 @@ fn check_concurrent_equals_solo(
     let prompts = prompts(&lm);
     assert_eq!(prompts.len(), 16);
     let p = |i: usize| {
-        // Every fourth request samples, with its own seed.
-        let sampling = if i % 4 == 3 {
+        // Every fourth request samples, with its own seed: half with
+        // llama.cpp's filters, half with OpenAI's defaults (temperature
+        // 1, no top-k, top-p or min-p: a draw over the whole vocabulary).
+        let sampling = if i % 8 == 3 {
             SamplingParams {
                 seed: Some(i as u64),
+                ..SamplingParams::default()
+            }
+        } else if i % 8 == 7 {
+            SamplingParams {
+                seed: Some(i as u64),
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
                 ..SamplingParams::default()
             }
         } else if i % 4 == 1 {

@@ -30,7 +30,7 @@ use lampo_model::{LoadedModel, Logits};
 use crate::engine::{EngineConfig, Job};
 use crate::request::{Counters, Finish};
 use crate::speculate::{Proposer, SpecMode, Speculator, ngram_proposal};
-use output::Stream;
+use output::{Choice, Stream};
 use plan::{Planner, SeqId};
 use runner::Runner;
 
@@ -275,17 +275,52 @@ impl<B: Backend> Worker<'_, B> {
         let step_time = clock.now() - started;
         let (tok, n_ctx) = (&self.lm.tokenizer, self.cfg.n_ctx);
         let n_vocab = self.lm.model.config.n_vocab;
-        for (it, logits) in plan.iter().zip(logits) {
+        let mut choices: Vec<Choice> = plan
+            .iter()
+            .zip(logits)
+            .map(|(it, logits)| {
+                let proposal = proposals
+                    .contains_key(&it.id)
+                    .then(|| self.planner.take_proposal(it.id));
+                Choice {
+                    logits,
+                    sample: proposal.is_some() || it.logits == Logits::Last,
+                    proposal,
+                    delivered: Vec::new(),
+                    accepted: 0,
+                }
+            })
+            .collect();
+        let generated: Vec<usize> = plan
+            .iter()
+            .map(|it| self.streams[&it.id].generated)
+            .collect();
+        {
+            let mut streams: HashMap<SeqId, &mut Stream> =
+                self.streams.iter_mut().map(|(&id, s)| (id, s)).collect();
+            let work = plan
+                .iter()
+                .zip(choices.iter_mut())
+                .map(|(it, c)| {
+                    (
+                        streams
+                            .remove(&it.id)
+                            .expect("one stream per planned request"),
+                        c,
+                    )
+                })
+                .collect();
+            output::choose(work, tok, n_ctx, n_vocab);
+        }
+        for ((it, choice), generated) in plan.iter().zip(choices).zip(generated) {
             let stream = self.streams.get_mut(&it.id).expect("a stream");
-            let generated = stream.generated;
             if let Some(&(proposer, proposed, propose_time)) = proposals.get(&it.id) {
-                let proposal = self.planner.take_proposal(it.id);
-                let (delivered, accepted) = stream.verify(tok, n_ctx, n_vocab, &proposal, &logits);
+                let accepted = choice.accepted;
                 let computed = it.start + 1 + accepted;
                 if let Some(spec) = stream.spec.as_mut() {
                     spec.record(proposer, proposed, accepted, propose_time, step_time);
                 }
-                self.planner.commit(it.id, computed, &delivered);
+                self.planner.commit(it.id, computed, &choice.delivered);
                 self.runner.draft_rollback(it.id, computed);
                 let c = self.counters;
                 let (p_count, a_count) = match proposer {
@@ -302,16 +337,14 @@ impl<B: Backend> Worker<'_, B> {
                     .prefill_tokens
                     .fetch_add(prompt_part as u64, Ordering::Relaxed);
                 let decoding = it.n == 1 && slot.decoding();
-                let mut new = Vec::new();
-                if it.logits == Logits::Last {
-                    if let Some(t) = stream.sample(tok, n_ctx, logits) {
-                        new.push(t);
-                    }
-                    if decoding && let Some(spec) = stream.spec.as_mut() {
-                        spec.record_plain(step_time);
-                    }
+                if choice.sample
+                    && decoding
+                    && let Some(spec) = stream.spec.as_mut()
+                {
+                    spec.record_plain(step_time);
                 }
-                self.planner.commit(it.id, it.start + it.n, &new);
+                self.planner
+                    .commit(it.id, it.start + it.n, &choice.delivered);
             }
             self.counters.generated_tokens.fetch_add(
                 (self.streams[&it.id].generated - generated) as u64,

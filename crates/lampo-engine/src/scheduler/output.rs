@@ -17,6 +17,65 @@ use crate::sampling::{Sampler, logprobs_of};
 use crate::speculate::Speculator;
 use crate::stops::StopMatcher;
 
+/// What one request of a step does with its logits: sample its next
+/// token, verify a proposal, or nothing (a prompt chunk that is not its
+/// last). Filled in by [`choose`].
+pub(crate) struct Choice {
+    pub logits: Vec<f32>,
+    pub proposal: Option<Vec<u32>>,
+    pub sample: bool,
+    /// The tokens delivered and, for a proposal, how many were accepted.
+    pub delivered: Vec<u32>,
+    pub accepted: usize,
+}
+
+/// Samples or verifies, and delivers, each request's next tokens
+/// (`work`: a stream with its choice). A draw at a temperature costs
+/// passes over the whole vocabulary, so when several requests sample
+/// they are spread over threads (the forward pass's threads are idle
+/// now); each request's tokens depend only on its own sampler, so the
+/// result is the same however they are spread.
+pub(crate) fn choose(
+    work: Vec<(&mut Stream, &mut Choice)>,
+    tok: &Tokenizer,
+    n_ctx: usize,
+    n_vocab: usize,
+) {
+    let costly = work
+        .iter()
+        .filter(|(s, c)| c.sample && s.sampler.params().temperature > 0.0)
+        .count();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(costly);
+    let one =
+        |(stream, choice): (&mut Stream, &mut Choice)| stream.choose(choice, tok, n_ctx, n_vocab);
+    if threads < 2 {
+        work.into_iter().for_each(one);
+        return;
+    }
+    // Costly draws dealt round the threads; the rest stay on this one.
+    let mut shares: Vec<Vec<(&mut Stream, &mut Choice)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    let mut next = 0;
+    for (stream, choice) in work {
+        if choice.sample && stream.sampler.params().temperature > 0.0 {
+            shares[next % threads].push((stream, choice));
+            next += 1;
+        } else {
+            shares[0].push((stream, choice));
+        }
+    }
+    let mut shares = shares.into_iter();
+    let here = shares.next().expect("a share");
+    std::thread::scope(|scope| {
+        for share in shares {
+            scope.spawn(move || share.into_iter().for_each(one));
+        }
+        here.into_iter().for_each(one);
+    });
+}
+
 /// A request's client side.
 pub(crate) struct Stream {
     sink: Box<dyn Sink>,
@@ -122,6 +181,17 @@ impl Stream {
         n_ctx
             .saturating_sub(len + 1)
             .min(self.params.max_tokens.saturating_sub(self.generated + 1))
+    }
+
+    /// Does what `choice` asks with its logits (see [`choose`]).
+    fn choose(&mut self, choice: &mut Choice, tok: &Tokenizer, n_ctx: usize, n_vocab: usize) {
+        let logits = std::mem::take(&mut choice.logits);
+        if let Some(proposal) = &choice.proposal {
+            (choice.delivered, choice.accepted) =
+                self.verify(tok, n_ctx, n_vocab, proposal, &logits);
+        } else if choice.sample {
+            choice.delivered.extend(self.sample(tok, n_ctx, logits));
+        }
     }
 
     /// Samples the token after the last computed position and delivers

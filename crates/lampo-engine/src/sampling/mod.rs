@@ -1,10 +1,20 @@
 //! Choosing the next token from logits: greedy, or temperature sampling
 //! after top-k, top-p and min-p filtering, with repetition, frequency and
 //! presence penalties and per-token logit bias. Seeded for reproducibility.
+//!
+//! A draw takes time linear in the vocabulary: nothing is sorted but the
+//! few candidates where a cumulative mass crosses its target
+//! ([`select`]). It draws the tokens the earlier sorting sampler drew
+//! (kept in `reference.rs` for the tests that check so).
 
 use std::collections::HashMap;
 
 use crate::request::TokenLogprob;
+use select::{Cand, Stop};
+
+#[cfg(test)]
+mod reference;
+mod select;
 
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
@@ -93,17 +103,20 @@ impl Rng {
     }
 }
 
-/// The next token's distribution: one token, or tokens with weights
-/// (most likely first, not normalized).
+/// The next token's distribution: one token, or the sampler's first
+/// `keep` candidates with their probabilities (normalized over every
+/// candidate before the filters, in no particular order).
 enum Distribution {
     Greedy(u32),
-    Weighted { tokens: Vec<u32>, weights: Vec<f64> },
+    Weighted { keep: usize },
 }
 
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     recent: Vec<u32>,
+    /// The candidates of the last distribution (kept to reuse the memory).
+    cands: Vec<Cand>,
 }
 
 impl Sampler {
@@ -117,6 +130,7 @@ impl Sampler {
             params,
             rng: Rng::new(seed),
             recent: Vec::new(),
+            cands: Vec::new(),
         }
     }
 
@@ -137,9 +151,9 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         match self.distribution(logits) {
             Distribution::Greedy(t) => t,
-            Distribution::Weighted { tokens, weights } => {
-                let total: f64 = weights.iter().sum();
-                self.draw(&tokens, &weights, total)
+            Distribution::Weighted { keep } => {
+                let total: f64 = self.cands[..keep].iter().map(|c| c.q).sum();
+                self.draw(keep, total)
             }
         }
     }
@@ -153,128 +167,141 @@ impl Sampler {
     pub fn verify(&mut self, logits: &mut [f32], proposed: u32) -> (u32, bool) {
         match self.distribution(logits) {
             Distribution::Greedy(t) => (t, t == proposed),
-            Distribution::Weighted {
-                tokens,
-                mut weights,
-            } => {
-                let total: f64 = weights.iter().sum();
-                let at = tokens.iter().position(|&t| t == proposed);
-                if let Some(i) = at {
-                    if self.rng.next_f64() * total < weights[i] {
+            Distribution::Weighted { keep } => {
+                let kept = &mut self.cands[..keep];
+                let total: f64 = kept.iter().map(|c| c.q).sum();
+                if let Some(c) = kept.iter_mut().find(|c| c.id == proposed) {
+                    if self.rng.next_f64() * total < c.q {
                         return (proposed, true);
                     }
-                    weights[i] = 0.0;
+                    c.q = 0.0;
                 }
-                let rest: f64 = weights.iter().sum();
+                let rest: f64 = kept.iter().map(|c| c.q).sum();
                 if rest <= 0.0 {
                     return (proposed, true);
                 }
-                (self.draw(&tokens, &weights, rest), false)
+                (self.draw(keep, rest), false)
             }
         }
     }
 
-    /// Token `tokens[i]` with probability `weights[i] / total`.
-    fn draw(&mut self, tokens: &[u32], weights: &[f64], total: f64) -> u32 {
-        let mut r = self.rng.next_f64() * total;
-        for (i, q) in weights.iter().enumerate() {
-            r -= q;
-            if r < 0.0 && *q > 0.0 {
-                return tokens[i];
-            }
+    /// A token of the first `keep` candidates, each with probability
+    /// `q / total`: the one where a uniform draw falls when the
+    /// candidates are laid end to end most likely first.
+    fn draw(&mut self, keep: usize, total: f64) -> u32 {
+        let r = self.rng.next_f64() * total;
+        let kept = &mut self.cands[..keep];
+        match select::crossing(kept, r, Stop::Below) {
+            Some(m) => kept[m - 1].id,
+            None => select::last_positive(kept).unwrap_or(&kept[0]).id,
         }
-        let last = weights.iter().rposition(|&q| q > 0.0).unwrap_or(0);
-        tokens[last]
     }
 
     /// What the next token is drawn from, after bias, penalties,
-    /// temperature, top-k, top-p and min-p.
-    fn distribution(&self, logits: &mut [f32]) -> Distribution {
+    /// temperature, top-k, top-p and min-p, in time linear in the
+    /// vocabulary: only top-k selects, and nothing is sorted but the
+    /// few candidates where a cumulative mass crosses its target
+    /// (`select`).
+    fn distribution(&mut self, logits: &mut [f32]) -> Distribution {
         let p = &self.params;
         for &(tok, bias) in &p.logit_bias {
             if let Some(l) = logits.get_mut(tok as usize) {
                 *l += bias;
             }
         }
-        self.apply_penalties(logits);
+        apply_penalties(p, &self.recent, logits);
         if p.temperature <= 0.0 {
             return Distribution::Greedy(argmax(logits));
         }
 
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        if cand.is_empty() {
+        let cands = &mut self.cands;
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &logit)| Cand {
+                    id: i as u32,
+                    logit,
+                    q: 0.0,
+                }),
+        );
+        if cands.is_empty() {
             return Distribution::Greedy(argmax(logits));
         }
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, by_logit);
-            cand.truncate(p.top_k);
+        if p.top_k > 0 && p.top_k < cands.len() {
+            cands.select_nth_unstable_by(p.top_k - 1, select::order);
+            cands.truncate(p.top_k);
         }
-        cand.sort_unstable_by(by_logit);
 
-        // Probabilities at the given temperature, most likely first.
-        let max = cand[0].1;
-        let mut probs: Vec<f64> = cand
+        // Probabilities at the given temperature.
+        let max = cands
             .iter()
-            .map(|c| (((c.1 - max) / p.temperature) as f64).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            for (i, q) in probs.iter().enumerate() {
-                cum += q;
-                if cum >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
+            .map(|c| c.logit)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let t = p.temperature;
+        for c in cands.iter_mut() {
+            c.q = (((c.logit - max) / t) as f64).exp();
         }
+        let total: f64 = cands.iter().map(|c| c.q).sum();
+        let mut top = 0.0f64;
+        for c in cands.iter_mut() {
+            c.q /= total;
+            top = top.max(c.q);
+        }
+
+        // min-p keeps the candidates at least `min_p` times as likely as
+        // the first (a prefix of the order, since probabilities fall
+        // along it), and at least the first; top-p the shortest prefix
+        // whose mass reaches `top_p`; both apply.
+        let mut keep = cands.len();
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-        }
-        probs.truncate(keep);
-        Distribution::Weighted {
-            tokens: cand[..keep].iter().map(|c| c.0).collect(),
-            weights: probs,
-        }
-    }
-
-    fn apply_penalties(&self, logits: &mut [f32]) {
-        let p = &self.params;
-        if p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
-            return;
-        }
-        let window = &self.recent[self.recent.len().saturating_sub(p.penalty_last_n)..];
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for &t in window {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &n) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else {
-                continue;
-            };
-            if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 {
-                    *l / p.repetition_penalty
-                } else {
-                    *l * p.repetition_penalty
-                };
+            let floor = top * p.min_p as f64;
+            keep = select::partition_in_place(cands, |c| c.q >= floor);
+            if keep == 0 {
+                let first = (0..cands.len())
+                    .min_by(|&a, &b| select::order(&cands[a], &cands[b]))
+                    .expect("candidates");
+                cands.swap(0, first);
+                keep = 1;
             }
-            *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
         }
+        if p.top_p < 1.0
+            && let Some(m) = select::crossing(&mut cands[..keep], p.top_p as f64, Stop::AtOrBelow)
+        {
+            keep = m;
+        }
+        Distribution::Weighted { keep }
     }
 }
 
-/// Index of the largest logit; the lowest index wins ties.
+/// Repetition, frequency and presence penalties over the last
+/// `penalty_last_n` tokens of `recent`.
+fn apply_penalties(p: &SamplingParams, recent: &[u32], logits: &mut [f32]) {
+    if p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
+        return;
+    }
+    let window = &recent[recent.len().saturating_sub(p.penalty_last_n)..];
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    for &t in window {
+        *counts.entry(t).or_default() += 1;
+    }
+    for (&t, &n) in &counts {
+        let Some(l) = logits.get_mut(t as usize) else {
+            continue;
+        };
+        if p.repetition_penalty != 1.0 {
+            *l = if *l > 0.0 {
+                *l / p.repetition_penalty
+            } else {
+                *l * p.repetition_penalty
+            };
+        }
+        *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+    }
+}
+
 /// Log-probability of `token` and the `k` most likely tokens, from logits.
 pub(crate) fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -299,6 +326,7 @@ pub(crate) fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprob 
     }
 }
 
+/// Index of the largest logit; the lowest index wins ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::request::TokenLogprob;
-use select::{Cand, Stop};
+use select::{BUCKETS, Cand, Stop};
 
 #[cfg(test)]
 mod reference;
@@ -103,19 +103,27 @@ impl Rng {
     }
 }
 
-/// The next token's distribution: one token, or the sampler's first
-/// `keep` candidates with their probabilities (normalized over every
-/// candidate before the filters, in no particular order).
+/// The next token's distribution: one token; every candidate, with its
+/// weight in `Sampler::weights` (by token id) and the weights' sums by
+/// bucket in `Sampler::mass` (`select::bucket`); or the sampler's first `keep` candidates
+/// (`Sampler::cands`). Weights are `e^((logit - max) / temperature)`: the
+/// probabilities times their total, so that the first is 1.
 enum Distribution {
     Greedy(u32),
-    Weighted { keep: usize },
+    All { total: f64 },
+    Kept { keep: usize },
 }
 
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     recent: Vec<u32>,
-    /// The candidates of the last distribution (kept to reuse the memory).
+    /// Every token's weight in the last distribution (kept to reuse the
+    /// memory), 0 for those that cannot be drawn.
+    weights: Vec<f64>,
+    /// The weights' sums by bucket.
+    mass: [f64; BUCKETS],
+    /// Candidates of the last distribution that the search looked at.
     cands: Vec<Cand>,
 }
 
@@ -130,6 +138,8 @@ impl Sampler {
             params,
             rng: Rng::new(seed),
             recent: Vec::new(),
+            weights: Vec::new(),
+            mass: [0.0; BUCKETS],
             cands: Vec::new(),
         }
     }
@@ -151,9 +161,13 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         match self.distribution(logits) {
             Distribution::Greedy(t) => t,
-            Distribution::Weighted { keep } => {
+            Distribution::All { total } => {
+                let r = self.rng.next_f64() * total;
+                self.draw_all(logits, r)
+            }
+            Distribution::Kept { keep } => {
                 let total: f64 = self.cands[..keep].iter().map(|c| c.q).sum();
-                self.draw(keep, total)
+                self.draw_kept(keep, total)
             }
         }
     }
@@ -167,7 +181,25 @@ impl Sampler {
     pub fn verify(&mut self, logits: &mut [f32], proposed: u32) -> (u32, bool) {
         match self.distribution(logits) {
             Distribution::Greedy(t) => (t, t == proposed),
-            Distribution::Weighted { keep } => {
+            Distribution::All { total } => {
+                let mut rest = total;
+                let at = proposed as usize;
+                if logits.get(at).is_some_and(|l| l.is_finite()) {
+                    let w = self.weights[at];
+                    if self.rng.next_f64() * total < w {
+                        return (proposed, true);
+                    }
+                    self.weights[at] = 0.0;
+                    self.mass[select::bucket(w)] -= w;
+                    rest = total - w;
+                }
+                if rest <= 0.0 {
+                    return (proposed, true);
+                }
+                let r = self.rng.next_f64() * rest;
+                (self.draw_all(logits, r), false)
+            }
+            Distribution::Kept { keep } => {
                 let kept = &mut self.cands[..keep];
                 let total: f64 = kept.iter().map(|c| c.q).sum();
                 if let Some(c) = kept.iter_mut().find(|c| c.id == proposed) {
@@ -180,7 +212,7 @@ impl Sampler {
                 if rest <= 0.0 {
                     return (proposed, true);
                 }
-                (self.draw(keep, rest), false)
+                (self.draw_kept(keep, rest), false)
             }
         }
     }
@@ -188,7 +220,7 @@ impl Sampler {
     /// A token of the first `keep` candidates, each with probability
     /// `q / total`: the one where a uniform draw falls when the
     /// candidates are laid end to end most likely first.
-    fn draw(&mut self, keep: usize, total: f64) -> u32 {
+    fn draw_kept(&mut self, keep: usize, total: f64) -> u32 {
         let r = self.rng.next_f64() * total;
         let kept = &mut self.cands[..keep];
         match select::crossing(kept, r, Stop::Below) {
@@ -197,11 +229,56 @@ impl Sampler {
         }
     }
 
+    /// The token where `r` falls when every candidate is laid end to end
+    /// most likely first: only the bucket that the sums by bucket place
+    /// it in is gathered and searched.
+    fn draw_all(&mut self, logits: &[f32], r: f64) -> u32 {
+        let (at, r, inside) = select::locate(&self.mass, r, Stop::Below);
+        let gather = |cands: &mut Vec<Cand>, weights: &[f64], keep: &dyn Fn(usize) -> bool| {
+            cands.clear();
+            for (i, (&q, &logit)) in weights.iter().zip(logits).enumerate() {
+                if logit.is_finite() && keep(select::bucket(q)) {
+                    cands.push(Cand {
+                        id: i as u32,
+                        logit,
+                        q,
+                    });
+                }
+            }
+        };
+        gather(&mut self.cands, &self.weights, &|b| b == at);
+        let n = self.cands.len();
+        if let Some(m) = select::search(&mut self.cands, 0, n, r, Stop::Below, inside) {
+            return self.cands[m - 1].id;
+        }
+        if inside {
+            // The bucket's walk, summed in another order than its sum,
+            // just missed: the draw is the first candidate after it.
+            let here = self.cands.first().map(|c| c.id);
+            gather(&mut self.cands, &self.weights, &|b| b > at);
+            if let Some(c) = self
+                .cands
+                .iter()
+                .filter(|c| c.q > 0.0)
+                .min_by(|a, b| select::order(a, b))
+            {
+                return c.id;
+            }
+            gather(&mut self.cands, &self.weights, &|b| b == at);
+            return select::last_positive(&self.cands)
+                .map(|c| c.id)
+                .or(here)
+                .unwrap_or(0);
+        }
+        select::last_positive(&self.cands)
+            .or(self.cands.first())
+            .map_or(0, |c| c.id)
+    }
+
     /// What the next token is drawn from, after bias, penalties,
     /// temperature, top-k, top-p and min-p, in time linear in the
-    /// vocabulary: only top-k selects, and nothing is sorted but the
-    /// few candidates where a cumulative mass crosses its target
-    /// (`select`).
+    /// vocabulary: nothing is sorted but the few candidates where a
+    /// cumulative mass crosses its target (`select`).
     fn distribution(&mut self, logits: &mut [f32]) -> Distribution {
         let p = &self.params;
         for &(tok, bias) in &p.logit_bias {
@@ -210,70 +287,117 @@ impl Sampler {
             }
         }
         apply_penalties(p, &self.recent, logits);
-        if p.temperature <= 0.0 {
+        let (t, top_k, top_p, min_p) = (p.temperature, p.top_k, p.top_p, p.min_p);
+        if t <= 0.0 {
             return Distribution::Greedy(argmax(logits));
         }
-
-        let cands = &mut self.cands;
-        cands.clear();
-        cands.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.is_finite())
-                .map(|(i, &logit)| Cand {
+        let finite = |l: &f32| l.is_finite();
+        let (cands, weights, mass) = (&mut self.cands, &mut self.weights, &mut self.mass);
+        if top_k > 0 && top_k < logits.len() {
+            cands.clear();
+            cands.extend(logits.iter().enumerate().filter(|(_, l)| finite(l)).map(
+                |(i, &logit)| Cand {
                     id: i as u32,
                     logit,
                     q: 0.0,
-                }),
-        );
-        if cands.is_empty() {
+                },
+            ));
+            if cands.is_empty() {
+                return Distribution::Greedy(argmax(logits));
+            }
+            if top_k < cands.len() {
+                cands.select_nth_unstable_by(top_k - 1, select::order);
+                cands.truncate(top_k);
+            }
+            let max = cands
+                .iter()
+                .map(|c| c.logit)
+                .fold(f32::NEG_INFINITY, f32::max);
+            for c in cands.iter_mut() {
+                c.q = (((c.logit - max) / t) as f64).exp();
+            }
+            let total: f64 = cands.iter().map(|c| c.q).sum();
+            let keep = filter(cands, total, top_p, min_p);
+            return Distribution::Kept { keep };
+        }
+
+        let max = logits
+            .iter()
+            .copied()
+            .filter(finite)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
             return Distribution::Greedy(argmax(logits));
         }
-        if p.top_k > 0 && p.top_k < cands.len() {
-            cands.select_nth_unstable_by(p.top_k - 1, select::order);
-            cands.truncate(p.top_k);
-        }
-
-        // Probabilities at the given temperature.
-        let max = cands
-            .iter()
-            .map(|c| c.logit)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let t = p.temperature;
-        for c in cands.iter_mut() {
-            c.q = (((c.logit - max) / t) as f64).exp();
-        }
-        let total: f64 = cands.iter().map(|c| c.q).sum();
-        let mut top = 0.0f64;
-        for c in cands.iter_mut() {
-            c.q /= total;
-            top = top.max(c.q);
-        }
-
-        // min-p keeps the candidates at least `min_p` times as likely as
-        // the first (a prefix of the order, since probabilities fall
-        // along it), and at least the first; top-p the shortest prefix
-        // whose mass reaches `top_p`; both apply.
-        let mut keep = cands.len();
-        if p.min_p > 0.0 {
-            let floor = top * p.min_p as f64;
-            keep = select::partition_in_place(cands, |c| c.q >= floor);
-            if keep == 0 {
-                let first = (0..cands.len())
-                    .min_by(|&a, &b| select::order(&cands[a], &cands[b]))
-                    .expect("candidates");
-                cands.swap(0, first);
-                keep = 1;
+        // Every token's weight, their total and sums by bucket, in one pass.
+        weights.clear();
+        weights.resize(logits.len(), 0.0);
+        *mass = [0.0; BUCKETS];
+        let mut total = 0.0;
+        for (w, &l) in weights.iter_mut().zip(logits.iter()) {
+            if l.is_finite() {
+                *w = (((l - max) / t) as f64).exp();
+                total += *w;
+                mass[select::bucket(*w)] += *w;
             }
         }
-        if p.top_p < 1.0
-            && let Some(m) = select::crossing(&mut cands[..keep], p.top_p as f64, Stop::AtOrBelow)
-        {
-            keep = m;
+        if min_p <= 0.0 && top_p >= 1.0 {
+            return Distribution::All { total };
         }
-        Distribution::Weighted { keep }
+        // The filters keep a prefix of the order: gather the buckets it
+        // can reach (those at least `min_p`, those up to where the mass
+        // reaches `top_p`), then cut it exactly.
+        let mut limit = BUCKETS - 1;
+        if min_p > 0.0 {
+            limit = select::bucket((min_p as f64).min(1.0));
+        }
+        if top_p < 1.0 {
+            let (at, _, inside) = select::locate(mass, top_p as f64 * total, Stop::AtOrBelow);
+            if inside {
+                limit = limit.min(at);
+            }
+        }
+        cands.clear();
+        for (i, (&q, &logit)) in weights.iter().zip(logits.iter()).enumerate() {
+            if logit.is_finite() && select::bucket(q) <= limit {
+                cands.push(Cand {
+                    id: i as u32,
+                    logit,
+                    q,
+                });
+            }
+        }
+        let keep = filter(cands, total, top_p, min_p);
+        Distribution::Kept { keep }
     }
+}
+
+/// Cuts `cands` (weights whose total over every candidate is `total`) to
+/// the prefix of the order that min-p and top-p keep, moved to the front;
+/// returns its length. min-p keeps the candidates at least `min_p` times
+/// as likely as the first (a prefix, since weights fall along the
+/// order), and at least the first; top-p the shortest prefix whose mass
+/// reaches `top_p`; both apply.
+fn filter(cands: &mut [Cand], total: f64, top_p: f32, min_p: f32) -> usize {
+    let mut keep = cands.len();
+    if min_p > 0.0 {
+        let top = cands.iter().map(|c| c.q).fold(0.0, f64::max);
+        let floor = top * min_p as f64;
+        keep = select::partition_in_place(cands, |c| c.q >= floor);
+        if keep == 0 {
+            let first = (0..cands.len())
+                .min_by(|&a, &b| select::order(&cands[a], &cands[b]))
+                .expect("candidates");
+            cands.swap(0, first);
+            keep = 1;
+        }
+    }
+    if top_p < 1.0
+        && let Some(m) = select::crossing(&mut cands[..keep], top_p as f64 * total, Stop::AtOrBelow)
+    {
+        keep = m;
+    }
+    keep
 }
 
 /// Repetition, frequency and presence penalties over the last

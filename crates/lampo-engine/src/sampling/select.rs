@@ -62,12 +62,12 @@ const SMALL: usize = 48;
 /// no input makes the search quadratic.
 const MAX_ROUNDS: usize = 64;
 /// Buckets of the first pass: by the binary exponent of the weight.
-const BUCKETS: usize = 64;
+pub(super) const BUCKETS: usize = 64;
 
 /// The bucket of a weight in `[0, 1]`: its binary exponent, negated (so
 /// that larger weights, which come first in the order, have smaller
 /// buckets), the smallest and zero in the last.
-fn bucket(q: f64) -> usize {
+pub(super) fn bucket(q: f64) -> usize {
     let exponent = ((q.to_bits() >> 52) & 0x7ff) as usize;
     1023usize.saturating_sub(exponent).min(BUCKETS - 1)
 }
@@ -84,35 +84,40 @@ fn bucket(q: f64) -> usize {
 /// the logits do: the bucket where the crossing lies is found from those
 /// sums, and only its candidates are searched further. Most of a
 /// language model's mass sits in a few tokens, so that bucket is small.
-pub(super) fn crossing(items: &mut [Cand], mut r: f64, stop: Stop) -> Option<usize> {
+pub(super) fn crossing(items: &mut [Cand], r: f64, stop: Stop) -> Option<usize> {
     let mut mass = [0f64; BUCKETS];
     for c in items.iter() {
         mass[bucket(c.q)] += c.q;
     }
+    let (at, r, inside) = locate(&mass, r, stop);
+    let hi = partition_in_place(items, |c| bucket(c.q) <= at);
+    let lo = partition_in_place(&mut items[..hi], |c| bucket(c.q) < at);
+    search(items, lo, hi, r, stop, inside)
+}
+
+/// The bucket where a walk over buckets of the given masses stops, what
+/// is left of `r` once the buckets before it are subtracted, and whether
+/// the sums say the crossing lies inside it (if not, it is the last
+/// bucket with weight, and the walk may run off the end).
+pub(super) fn locate(mass: &[f64; BUCKETS], mut r: f64, stop: Stop) -> (usize, f64, bool) {
     let last = (0..BUCKETS)
         .rev()
         .find(|&b| mass[b] > 0.0)
         .unwrap_or(BUCKETS - 1);
-    // Where the crossing lies: in the last bucket with weight when in
-    // none before it (or nowhere).
-    let (mut at, mut inside) = (last, false);
     for (b, &m) in mass.iter().enumerate().take(last) {
         if stop.inside(r, m) {
-            (at, inside) = (b, true);
-            break;
+            return (b, r, true);
         }
         r -= m;
     }
-    let hi = partition_in_place(items, |c| bucket(c.q) <= at);
-    let lo = partition_in_place(&mut items[..hi], |c| bucket(c.q) < at);
-    search(items, lo, hi, r, stop, inside)
+    (last, r, false)
 }
 
 /// The walk of [`crossing`] over `items[lo..hi]`, every candidate before
 /// `lo` coming before them in order and every one from `hi` after them,
 /// `r` being what is left once `items[..lo]` are subtracted; `inside`
 /// when the sums said that the crossing lies before `hi`.
-fn search(
+pub(super) fn search(
     items: &mut [Cand],
     mut lo: usize,
     mut hi: usize,

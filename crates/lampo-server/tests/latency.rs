@@ -70,43 +70,44 @@ async fn slow_grammars_and_large_schemas_do_not_stall_other_requests() {
     )
     .await;
     assert_eq!(status, 200);
-    // A stream decoding beside nothing, as the yardstick.
-    let alone = stream_while(
-        addr,
-        tokio::time::sleep(std::time::Duration::from_millis(1500)),
-    )
-    .await;
-    // Beside schemas being compiled (each a 100,000-value enum) ...
+    // A stream decoding beside nothing, as the yardstick, then beside
+    // schemas being compiled (each a 100,000-value enum) and beside a
+    // request whose grammar is slow to follow, in turn, three times: each
+    // figure is the best of its windows. A stall caused by grammar work
+    // holds in every window beside it; a busy machine's scheduler takes
+    // the cores away from one window or another at random (about one
+    // single window in six under two busy loops, measured), which the
+    // best of three rides out.
     let items: Vec<String> = (0..100_000).map(|i| format!("item number {i}")).collect();
     let big = with_schema(json!({"enum": items}), json!({}));
-    let compiling = stream_while(addr, async {
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(1500) {
-            let (status, _) = post(addr, "/v1/chat/completions", big.clone()).await;
-            assert_eq!(status, 400);
-        }
-    })
-    .await;
-    // ... and beside a request whose grammar is slow to follow.
     let slow = with_schema(
         json!({"type": "string", "pattern": "^(.*a){20}$"}),
         json!({"max_tokens": 12}),
     );
-    let slow_grammar = stream_while(addr, async {
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(1500) {
-            let (status, body) = post(addr, "/v1/chat/completions", slow.clone()).await;
-            assert!(status == 200 || status == 400, "{body}");
-            assert!(!leaks(&body.to_string()), "{body}");
-        }
-    })
-    .await;
-    let alone_again = stream_while(
-        addr,
-        tokio::time::sleep(std::time::Duration::from_millis(1500)),
-    )
-    .await;
-    let alone = alone.max(alone_again);
+    let window = std::time::Duration::from_millis(1500);
+    let (mut alone, mut compiling, mut slow_grammar) = (0f64, 0f64, 0f64);
+    for _ in 0..3 {
+        alone = alone.max(stream_while(addr, tokio::time::sleep(window)).await);
+        let rate = stream_while(addr, async {
+            let start = std::time::Instant::now();
+            while start.elapsed() < window {
+                let (status, _) = post(addr, "/v1/chat/completions", big.clone()).await;
+                assert_eq!(status, 400);
+            }
+        })
+        .await;
+        compiling = compiling.max(rate);
+        let rate = stream_while(addr, async {
+            let start = std::time::Instant::now();
+            while start.elapsed() < window {
+                let (status, body) = post(addr, "/v1/chat/completions", slow.clone()).await;
+                assert!(status == 200 || status == 400, "{body}");
+                assert!(!leaks(&body.to_string()), "{body}");
+            }
+        })
+        .await;
+        slow_grammar = slow_grammar.max(rate);
+    }
     eprintln!(
         "stream tokens/s: alone {alone:.0}, beside compiles {compiling:.0}, beside a slow grammar {slow_grammar:.0}"
     );

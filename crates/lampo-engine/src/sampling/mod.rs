@@ -234,19 +234,7 @@ impl Sampler {
     /// it in is gathered and searched.
     fn draw_all(&mut self, logits: &[f32], r: f64) -> u32 {
         let (at, r, inside) = select::locate(&self.mass, r, Stop::Below);
-        let gather = |cands: &mut Vec<Cand>, weights: &[f64], keep: &dyn Fn(usize) -> bool| {
-            cands.clear();
-            for (i, (&q, &logit)) in weights.iter().zip(logits).enumerate() {
-                if logit.is_finite() && keep(select::bucket(q)) {
-                    cands.push(Cand {
-                        id: i as u32,
-                        logit,
-                        q,
-                    });
-                }
-            }
-        };
-        gather(&mut self.cands, &self.weights, &|b| b == at);
+        gather(&mut self.cands, &self.weights, logits, |b| b == at);
         let n = self.cands.len();
         if let Some(m) = select::search(&mut self.cands, 0, n, r, Stop::Below, inside) {
             return self.cands[m - 1].id;
@@ -255,7 +243,7 @@ impl Sampler {
             // The bucket's walk, summed in another order than its sum,
             // just missed: the draw is the first candidate after it.
             let here = self.cands.first().map(|c| c.id);
-            gather(&mut self.cands, &self.weights, &|b| b > at);
+            gather(&mut self.cands, &self.weights, logits, |b| b > at);
             if let Some(c) = self
                 .cands
                 .iter()
@@ -264,7 +252,7 @@ impl Sampler {
             {
                 return c.id;
             }
-            gather(&mut self.cands, &self.weights, &|b| b == at);
+            gather(&mut self.cands, &self.weights, logits, |b| b == at);
             return select::last_positive(&self.cands)
                 .map(|c| c.id)
                 .or(here)
@@ -357,18 +345,24 @@ impl Sampler {
                 limit = limit.min(at);
             }
         }
-        cands.clear();
-        for (i, (&q, &logit)) in weights.iter().zip(logits.iter()).enumerate() {
-            if logit.is_finite() && select::bucket(q) <= limit {
-                cands.push(Cand {
-                    id: i as u32,
-                    logit,
-                    q,
-                });
-            }
-        }
+        gather(cands, weights, logits, |b| b <= limit);
         let keep = filter(cands, total, top_p, min_p);
         Distribution::Kept { keep }
+    }
+}
+
+/// Replaces `cands` with the drawable tokens (finite logits) whose
+/// weight's bucket `keep` accepts.
+fn gather(cands: &mut Vec<Cand>, weights: &[f64], logits: &[f32], keep: impl Fn(usize) -> bool) {
+    cands.clear();
+    for (i, (&q, &logit)) in weights.iter().zip(logits).enumerate() {
+        if logit.is_finite() && keep(select::bucket(q)) {
+            cands.push(Cand {
+                id: i as u32,
+                logit,
+                q,
+            });
+        }
     }
 }
 

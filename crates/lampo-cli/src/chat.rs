@@ -253,6 +253,8 @@ fn stream_reply(
         stop: Vec::new(),
         timeout: None,
         constraint: None,
+        tier: lampo_engine::Tier::Default,
+        first_token_within: None,
     };
     match engine.submit(request, Reply(tx)) {
         Ok(()) => {}

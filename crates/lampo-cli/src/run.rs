@@ -131,6 +131,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         stop: Vec::new(),
         timeout: None,
         constraint,
+        tier: lampo_engine::Tier::Default,
+        first_token_within: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let submitted = Instant::now();

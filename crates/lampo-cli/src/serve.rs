@@ -65,6 +65,17 @@ pub struct ServeArgs {
     /// chunks (smaller keeps streams smoother while long prompts arrive)
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     step_tokens: usize,
+    /// Milliseconds a step should take: prompt chunks shrink (to 32
+    /// positions at least) so that steps last about this long, which bounds
+    /// how long a new request waits before its prompt starts (0: always
+    /// --step-tokens)
+    #[arg(long, default_value_t = 100)]
+    max_step_ms: u64,
+    /// Service tier of requests that ask for `auto` or none (default,
+    /// flex or priority); the `x-lampo-service-tier` header overrides a
+    /// request's own choice
+    #[arg(long, default_value = "default", value_parser = tier)]
+    default_service_tier: lampo_engine::Tier,
     /// Seconds a request may take, queueing included (0: no limit)
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
@@ -86,6 +97,14 @@ pub struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     spec: SpecArgs,
+}
+
+fn tier(s: &str) -> Result<lampo_engine::Tier, String> {
+    match s {
+        "auto" => Err("the default tier must be default, flex or priority".into()),
+        _ => lampo_engine::Tier::parse(s)
+            .ok_or_else(|| format!("'{s}' is not a service tier (default, flex or priority)")),
+    }
 }
 
 fn seconds(s: &str) -> Result<u64, String> {
@@ -134,6 +153,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         kv_memory: a.kv_memory,
         step_tokens: a.step_tokens,
+        max_step_time: (a.max_step_ms > 0).then(|| Duration::from_millis(a.max_step_ms)),
         speculation: a.spec.spec,
         max_proposal: a.spec.max_proposal,
         ..EngineConfig::new(ctx)
@@ -165,6 +185,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         request_timeout: (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout)),
         cors_origins: a.cors_origins.clone(),
         body_timeout: Duration::from_secs(a.body_timeout),
+        default_service_tier: a.default_service_tier,
     };
     let limits = Limits {
         header_timeout: Duration::from_secs(a.header_timeout),

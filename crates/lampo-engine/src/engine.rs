@@ -4,7 +4,7 @@
 //! [`crate::scheduler`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use lampo_model::{Config, LoadedModel, kv_block_bytes};
 
 use crate::clock::ClockHandle;
 use crate::constrain::{Compiler, Constraint, Grammar};
-use crate::request::{Counters, Load, Rejected, Request, Sink};
+use crate::request::{Counters, Load, Rejected, Request, Sink, Tier};
 use crate::scheduler;
 use crate::speculate::{SpecMode, check_draft};
 
@@ -29,9 +29,15 @@ pub struct EngineConfig {
     /// then prompt chunks up to this budget, so a long prompt cannot stall
     /// the streams already running.
     pub step_tokens: usize,
+    /// How long a step should take: its budget shrinks (to 32 positions at
+    /// least) so that it lasts about this long at the measured cost, which
+    /// bounds how long a new request waits before its prompt starts and
+    /// the gaps between a stream's tokens. `None`: always `step_tokens`.
+    pub max_step_time: Option<Duration>,
     /// Bytes of KV cache for all requests and the prefix cache together.
     pub kv_memory: usize,
-    /// Most requests waiting for a place; more are refused.
+    /// Most requests waiting for a place; more are refused (flex requests
+    /// once half of it is taken).
     pub max_queue: usize,
     /// Positions per KV block: the unit of allocation and of prefix reuse.
     pub block_size: usize,
@@ -54,6 +60,7 @@ impl EngineConfig {
             n_ctx,
             max_batch: 8,
             step_tokens: 256,
+            max_step_time: Some(Duration::from_millis(100)),
             kv_memory: 1 << 30,
             max_queue: 128,
             block_size: 16,
@@ -124,8 +131,10 @@ impl EngineConfig {
 pub(crate) struct Job {
     pub request: Request,
     pub sink: Box<dyn Sink>,
-    /// On the engine's clock.
+    /// When it must end, on the engine's clock.
     pub deadline: Option<Duration>,
+    /// When it was submitted, on the engine's clock.
+    pub submitted: Duration,
 }
 
 /// A handle to the engine's worker; dropping it stops the worker once
@@ -198,9 +207,12 @@ impl<B: Backend> Engine<B> {
     pub fn load(&self) -> Load {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let tiers = |a: &[AtomicUsize; 3]| a.each_ref().map(|a| a.load(Ordering::Relaxed));
         Load {
             waiting: c.waiting.load(Ordering::Relaxed),
             running: c.running.load(Ordering::Relaxed),
+            waiting_by_tier: tiers(&c.waiting_by_tier),
+            running_by_tier: tiers(&c.running_by_tier),
             kv_usage: c.blocks_in_use.load(Ordering::Relaxed) as f64
                 / c.blocks_total.load(Ordering::Relaxed).max(1) as f64,
             prefill_tokens: get(&c.prefill_tokens),
@@ -208,6 +220,7 @@ impl<B: Backend> Engine<B> {
             prefix_queries: get(&c.prefix_queries),
             prefix_hits: get(&c.prefix_hits),
             preemptions: get(&c.preemptions),
+            step_budget: c.step_budget.load(Ordering::Relaxed),
             ngram_proposed: get(&c.ngram_proposed),
             ngram_accepted: get(&c.ngram_accepted),
             draft_proposed: get(&c.draft_proposed),
@@ -235,22 +248,55 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let jobs = self.jobs.as_ref().ok_or(Rejected::Stopped)?;
+        let now = self.config.clock.now();
+        if let Some(within) = request.first_token_within {
+            let eta = self.first_token_eta(request.tier, Some(now + within), request.prompt.len());
+            if let Some(eta) = eta.filter(|&eta| eta > within) {
+                return Err(Rejected::Unmeetable(eta, within));
+            }
+        }
+        let tier = request.tier;
         let waiting = &self.counters.waiting;
         let queued = waiting.fetch_add(1, Ordering::Relaxed);
-        if queued >= self.config.max_queue {
+        let limit = match tier {
+            Tier::Flex => self.config.max_queue.div_ceil(2),
+            _ => self.config.max_queue,
+        };
+        if queued >= limit {
             waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Rejected::QueueFull(queued));
         }
-        let deadline = request.timeout.map(|t| self.config.clock.now() + t);
+        let by_tier = &self.counters.waiting_by_tier[tier.index()];
+        by_tier.fetch_add(1, Ordering::Relaxed);
         let job = Job {
+            deadline: request.timeout.map(|t| now + t),
             request,
             sink: Box::new(sink),
-            deadline,
+            submitted: now,
         };
         jobs.send(job).map_err(|_| {
             waiting.fetch_sub(1, Ordering::Relaxed);
+            by_tier.fetch_sub(1, Ordering::Relaxed);
             Rejected::Stopped
         })
+    }
+
+    /// How long from now a prompt of `len` tokens of `tier`, due at
+    /// `deadline` on the engine's clock, would wait for its first token,
+    /// as the engine forecasts it from its queue and measured step costs
+    /// (`None` before any step was measured).
+    pub fn first_token_eta(
+        &self,
+        tier: Tier,
+        deadline: Option<Duration>,
+        len: usize,
+    ) -> Option<Duration> {
+        let forecast = self
+            .counters
+            .forecast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        forecast.first_token(tier, deadline, len)
     }
 }
 

@@ -23,7 +23,7 @@ pub use constrain::{Constraint, Grammar};
 pub use engine::{Engine, EngineConfig};
 pub use perplexity::{PerplexityReport, perplexity};
 pub use request::{
-    Done, Event, Finish, GenerateParams, Load, Rejected, Request, Sink, TokenLogprob,
+    Done, Event, Finish, GenerateParams, Load, Rejected, Request, Sink, Tier, TokenLogprob,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use speculate::SpecMode;

@@ -1,13 +1,16 @@
 //! What goes into the engine and what comes out: a request (a tokenized
 //! prompt, its generation settings, stop strings, a time limit, an output
-//! constraint), the events it produces, how it ended, and the engine's
-//! load. Shared by the engine's handle and its worker.
+//! constraint, its service tier and first-token deadline), the events it
+//! produces, how it ended, and the engine's load. Shared by the engine's
+//! handle and its worker.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use crate::constrain::Constraint;
 use crate::sampling::SamplingParams;
+use crate::scheduler::Forecast;
 
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
@@ -38,6 +41,52 @@ pub struct Request {
     pub timeout: Option<Duration>,
     /// What the output must match (see [`Engine::constrain`]).
     pub constraint: Option<Constraint>,
+    /// How it ranks against other requests when the engine is busy.
+    pub tier: Tier,
+    /// How soon after submission its first token must come (`None`: no
+    /// promise). One the engine forecasts it cannot meet is refused; one
+    /// that misses it anyway ends as timed out.
+    pub first_token_within: Option<Duration>,
+}
+
+/// A request's service tier (OpenAI's `service_tier`), most urgent first:
+/// `Priority` is admitted and prefilled first and never gives way to the
+/// others; `Flex` takes only capacity the others leave free, gives its
+/// memory back first and is refused first when the queue fills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Priority,
+    #[default]
+    Default,
+    Flex,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Priority, Tier::Default, Tier::Flex];
+
+    /// The name OpenAI's API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Priority => "priority",
+            Tier::Default => "default",
+            Tier::Flex => "flex",
+        }
+    }
+
+    /// The tier named `name` (`auto` is the default tier).
+    pub fn parse(name: &str) -> Option<Tier> {
+        match name {
+            "priority" => Some(Tier::Priority),
+            "default" | "auto" => Some(Tier::Default),
+            "flex" => Some(Tier::Flex),
+            _ => None,
+        }
+    }
+
+    /// Its place in [`Tier::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What a request produces, in order: `Started` when the engine takes it
@@ -59,6 +108,9 @@ pub enum Event {
 pub struct Load {
     pub waiting: usize,
     pub running: usize,
+    /// Waiting and running requests by tier, in [`Tier::ALL`]'s order.
+    pub waiting_by_tier: [usize; 3],
+    pub running_by_tier: [usize; 3],
     /// Share of the KV cache's blocks in use by requests (0 to 1); blocks
     /// that only keep a prefix for later reuse do not count.
     pub kv_usage: f64,
@@ -72,6 +124,8 @@ pub struct Load {
     pub prefix_hits: u64,
     /// Requests set back to waiting to free KV memory.
     pub preemptions: u64,
+    /// Positions the next step may compute (sized to the step time).
+    pub step_budget: usize,
     /// Speculative decoding: tokens proposed and accepted, by prompt lookup
     /// and by the draft model.
     pub ngram_proposed: u64,
@@ -85,6 +139,11 @@ pub struct Load {
 pub(crate) struct Counters {
     pub waiting: AtomicUsize,
     pub running: AtomicUsize,
+    pub waiting_by_tier: [AtomicUsize; 3],
+    pub running_by_tier: [AtomicUsize; 3],
+    /// Published by the worker after every step.
+    pub forecast: Mutex<Forecast>,
+    pub step_budget: AtomicUsize,
     pub blocks_in_use: AtomicUsize,
     pub blocks_total: AtomicUsize,
     pub prefill_tokens: AtomicU64,
@@ -148,6 +207,14 @@ impl<F: FnMut(Event) -> bool + Send> Sink for F {
 pub enum Rejected {
     #[error("the engine's queue is full ({0} requests waiting)")]
     QueueFull(usize),
+    /// The first token cannot come within the request's deadline: the
+    /// forecast, and the deadline.
+    #[error(
+        "the first token cannot come within {}ms: about {}ms of work is ahead of it",
+        .1.as_millis(),
+        .0.as_millis()
+    )]
+    Unmeetable(Duration, Duration),
     #[error("the engine has stopped")]
     Stopped,
     #[error("{0}")]

@@ -45,6 +45,8 @@ fn run(
         stop: Vec::new(),
         timeout: None,
         constraint: Some(engine.constrain(grammar).expect("grammar compiles")),
+        tier: lampo_engine::Tier::Default,
+        first_token_within: None,
     };
     let (tx, rx) = mpsc::channel();
     engine

@@ -21,6 +21,8 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         stop: Vec::new(),
         timeout: None,
         constraint: None,
+        tier: lampo_engine::Tier::Default,
+        first_token_within: None,
     }
 }
 

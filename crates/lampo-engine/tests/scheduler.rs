@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lampo_engine::{
     Clock, ClockHandle, Engine, EngineConfig, Event, Finish, GenerateParams, Load, Rejected,
-    Request, SamplingParams, SimClock, Sink,
+    Request, SamplingParams, SimClock, Sink, Tier,
 };
 use lampo_model::LoadedModel;
 
@@ -41,6 +41,8 @@ fn request(prompt: Vec<u32>, params: GenerateParams) -> Request {
         stop: Vec::new(),
         timeout: None,
         constraint: None,
+        tier: lampo_engine::Tier::Default,
+        first_token_within: None,
     }
 }
 
@@ -179,6 +181,7 @@ fn check_concurrent_equals_solo(
     lm: Arc<LoadedModel>,
     config: EngineConfig,
     max_tokens: usize,
+    tier: impl Fn(usize) -> Tier,
 ) -> Load {
     let prompts = prompts(&lm);
     assert_eq!(prompts.len(), 16);
@@ -216,7 +219,11 @@ fn check_concurrent_equals_solo(
     let handles: Vec<Handle> = prompts
         .iter()
         .enumerate()
-        .map(|(i, pr)| submit(&engine, request(pr.clone(), p(i))).unwrap())
+        .map(|(i, pr)| {
+            let mut r = request(pr.clone(), p(i));
+            r.tier = tier(i);
+            submit(&engine, r).unwrap()
+        })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let (text, finish) = h.wait();
@@ -239,12 +246,15 @@ fn sixteen_concurrent_requests_equal_their_solo_outputs() {
         step_tokens: 64,
         ..EngineConfig::new(1024)
     };
-    let load = check_concurrent_equals_solo(lm, config, 32);
+    let load = check_concurrent_equals_solo(lm, config, 32, |_| Tier::Default);
     assert_eq!(load.preemptions, 0);
 }
 
+/// Mixed tiers under memory pressure: flex requests give way to the
+/// others and are recomputed, priority ones never give way to them, and
+/// every output stays its solo output.
 #[test]
-fn a_full_kv_cache_makes_requests_wait_not_fail() {
+fn a_full_kv_cache_makes_requests_wait_not_fail_in_every_tier() {
     let lm = Arc::new(common::load("smollm2"));
     // Room for a bit more than one full context: requests queue for
     // memory, and running ones are preempted and recomputed.
@@ -255,7 +265,7 @@ fn a_full_kv_cache_makes_requests_wait_not_fail() {
         kv_memory: 34 * block,
         ..EngineConfig::new(512)
     };
-    let load = check_concurrent_equals_solo(lm, config, 96);
+    let load = check_concurrent_equals_solo(lm, config, 96, |i| Tier::ALL[i % 3]);
     assert!(load.preemptions > 0, "no request was preempted: {load:?}");
 }
 
@@ -494,4 +504,116 @@ fn a_request_past_its_timeout_ends_timed_out() {
         (Duration::from_millis(300)..Duration::from_millis(330)).contains(&took),
         "{took:?}"
     );
+}
+
+#[test]
+fn a_first_token_deadline_the_forecast_cannot_meet_is_refused_at_once() {
+    let lm = Arc::new(common::load("smollm2"));
+    // Simulated time: a step costs 10 ms plus 1 ms a position, so steps
+    // sized to 100 ms settle at 90 positions.
+    let clock = Arc::new(SimClock::new(
+        Duration::from_millis(10),
+        Duration::from_millis(1),
+    ));
+    let engine = Engine::start(
+        lm.clone(),
+        EngineConfig {
+            max_batch: 1,
+            clock: ClockHandle(clock.clone()),
+            ..EngineConfig::new(2048)
+        },
+    )
+    .unwrap();
+    let long = lm
+        .tokenizer
+        .encode(&long_text(&lm, 1500, "the harvest"), true, false)
+        .unwrap();
+    let short = lm.tokenizer.encode("Hello", true, false).unwrap();
+    // Before any step is measured there is no forecast: nothing is refused.
+    assert_eq!(engine.first_token_eta(Tier::Default, None, 10), None);
+    let (text, _) = submit(&engine, request(long, params(1, SamplingParams::greedy())))
+        .unwrap()
+        .wait();
+    assert!(!text.is_empty());
+    let budget = wait_for(&engine, "the step budget", |l| l.step_budget > 0).step_budget;
+    assert!((80..=100).contains(&budget), "step budget {budget}");
+    // A 1 ms deadline cannot be met by a step that takes 100: refused
+    // before it costs anything.
+    let mut hurried = request(short.clone(), params(4, SamplingParams::greedy()));
+    hurried.first_token_within = Some(Duration::from_millis(1));
+    match submit(&engine, hurried) {
+        Err(Rejected::Unmeetable(eta, within)) => {
+            assert!(eta > within && eta >= Duration::from_millis(100), "{eta:?}")
+        }
+        other => panic!("not refused: {:?}", other.err()),
+    }
+    assert_eq!(engine.load().waiting, 0, "nothing was queued");
+    // A second is plenty for an idle engine.
+    let mut easy = request(short.clone(), params(4, SamplingParams::greedy()));
+    easy.first_token_within = Some(Duration::from_secs(1));
+    let (text, finish) = submit(&engine, easy).unwrap().wait();
+    assert!(matches!(finish, Some(Finish::Length | Finish::Stop)) && !text.is_empty());
+    // A forecast is not a promise: queued behind a request that never
+    // ends (one place in the batch), its first token never comes, and it
+    // ends as timed out once its deadline passes.
+    let busy = submit(
+        &engine,
+        request(short.clone(), params(100_000, endless(&lm))),
+    )
+    .unwrap();
+    assert_eq!(busy.rx.recv().unwrap(), Event::Started);
+    let mut stuck = request(short, params(4, SamplingParams::greedy()));
+    stuck.first_token_within = Some(Duration::from_millis(500));
+    let (text, finish) = submit(&engine, stuck).unwrap().wait();
+    assert_eq!((text.as_str(), finish), ("", Some(Finish::TimedOut)));
+    busy.leave();
+}
+
+#[test]
+fn a_flex_request_is_refused_once_half_the_queue_is_taken() {
+    let lm = Arc::new(common::load("smollm2"));
+    let prompt = lm.tokenizer.encode("Hello", true, false).unwrap();
+    let engine = Engine::start(
+        lm.clone(),
+        EngineConfig {
+            max_batch: 1,
+            max_queue: 4,
+            ..EngineConfig::new(512)
+        },
+    )
+    .unwrap();
+    let busy = submit(
+        &engine,
+        request(prompt.clone(), params(100_000, endless(&lm))),
+    )
+    .unwrap();
+    assert_eq!(busy.rx.recv().unwrap(), Event::Started);
+    let with = |tier| {
+        let mut r = request(prompt.clone(), params(4, SamplingParams::greedy()));
+        r.tier = tier;
+        r
+    };
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(submit(&engine, with(Tier::Flex)).unwrap());
+    }
+    assert!(matches!(
+        submit(&engine, with(Tier::Flex)),
+        Err(Rejected::QueueFull(2))
+    ));
+    // The other tiers still find room.
+    queued.push(submit(&engine, with(Tier::Default)).unwrap());
+    queued.push(submit(&engine, with(Tier::Priority)).unwrap());
+    assert!(matches!(
+        submit(&engine, with(Tier::Priority)),
+        Err(Rejected::QueueFull(4))
+    ));
+    let load = engine.load();
+    assert_eq!(load.waiting_by_tier, [1, 1, 2]);
+    assert_eq!(load.running_by_tier, [0, 1, 0]);
+    busy.leave();
+    for h in queued {
+        let (_, finish) = h.wait();
+        assert!(matches!(finish, Some(Finish::Length | Finish::Stop)));
+    }
 }

@@ -53,6 +53,8 @@ fn run_all(
                 stop: Vec::new(),
                 timeout: None,
                 constraint: None,
+                tier: lampo_engine::Tier::Default,
+                first_token_within: None,
             };
             engine.submit(r, move |e| tx.send(e).is_ok()).unwrap();
             rx

@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use lampo_engine::{Done, Event, Finish, Rejected, Request as EngineRequest, Sink, TokenLogprob};
+use lampo_engine::{
+    Done, Event, Finish, Rejected, Request as EngineRequest, Sink, Tier, TokenLogprob,
+};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -41,6 +43,9 @@ pub(crate) fn submit(
                 .submit(request, ChannelSink(tx))
                 .map_err(|e| match e {
                     Rejected::QueueFull(_) => ApiError::queue_full(format!("{e}; retry shortly")),
+                    Rejected::Unmeetable(..) => {
+                        ApiError::unavailable(e.to_string(), "deadline_unmeetable")
+                    }
                     Rejected::Stopped => ApiError::shutting_down(),
                     Rejected::Invalid(why) => ApiError::bad_request(why, None),
                 })?;
@@ -73,9 +78,10 @@ pub(crate) struct Collected {
 pub(crate) async fn collect(
     state: &AppState,
     mut rx: mpsc::UnboundedReceiver<Event>,
+    tier: Tier,
     arrived: Instant,
 ) -> Result<Collected, ApiError> {
-    let mut tracker = metrics::Tracker::new(state.model_name(), arrived);
+    let mut tracker = metrics::Tracker::new(state.model_name(), tier, arrived);
     let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
         let event = tokio::select! {

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use lampo_engine::{Event, Finish, Load};
+use lampo_engine::{Event, Finish, Load, Tier};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -29,7 +29,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         metrics::describe_histogram!(
             "vllm:time_to_first_token_seconds",
-            "Time from request to first generated text."
+            "Time from request to first generated text, by service tier."
         );
         metrics::describe_histogram!(
             "vllm:inter_token_latency_seconds",
@@ -41,7 +41,7 @@ pub fn handle() -> &'static PrometheusHandle {
         );
         metrics::describe_histogram!(
             "vllm:request_queue_time_seconds",
-            "Time a request waited for the engine."
+            "Time a request waited for the engine, by service tier."
         );
         metrics::describe_counter!(
             "vllm:prompt_tokens_total",
@@ -85,6 +85,18 @@ pub fn handle() -> &'static PrometheusHandle {
             "Prompt positions computed, recomputation included."
         );
         metrics::describe_gauge!(
+            "lampo_step_budget_tokens",
+            "Positions the next step may compute, sized to the step time."
+        );
+        metrics::describe_gauge!(
+            "lampo_requests_waiting",
+            "Requests queued for the engine, by service tier."
+        );
+        metrics::describe_gauge!(
+            "lampo_requests_running",
+            "Requests the engine is generating for, by service tier."
+        );
+        metrics::describe_gauge!(
             "vllm:kv_cache_usage_perc",
             "Share of the KV cache in use (1 is full)."
         );
@@ -100,11 +112,21 @@ pub fn render(model: &str, load: Option<Load>) -> String {
         gauge!("vllm:num_requests_waiting", &label).set(load.waiting as f64);
         gauge!("vllm:num_requests_running", &label).set(load.running as f64);
         gauge!("vllm:kv_cache_usage_perc", &label).set(load.kv_usage);
+        for tier in Tier::ALL {
+            let labels = [
+                ("model_name", model.to_string()),
+                ("service_tier", tier.name().to_string()),
+            ];
+            let i = tier.index();
+            gauge!("lampo_requests_waiting", &labels).set(load.waiting_by_tier[i] as f64);
+            gauge!("lampo_requests_running", &labels).set(load.running_by_tier[i] as f64);
+        }
         gauge!("vllm:gpu_cache_usage_perc", &label).set(load.kv_usage);
         counter!("vllm:prefix_cache_queries_total", &label).absolute(load.prefix_queries);
         counter!("vllm:prefix_cache_hits_total", &label).absolute(load.prefix_hits);
         counter!("vllm:num_preemptions_total", &label).absolute(load.preemptions);
         counter!("lampo_prefill_tokens_total", &label).absolute(load.prefill_tokens);
+        gauge!("lampo_step_budget_tokens", &label).set(load.step_budget as f64);
         for (proposer, proposed, accepted) in [
             ("ngram", load.ngram_proposed, load.ngram_accepted),
             ("draft", load.draft_proposed, load.draft_accepted),
@@ -126,19 +148,22 @@ pub fn http_request(route: &str, status: u16) {
         .increment(1);
 }
 
-/// Times one engine request from its arrival to its last event.
+/// Times one engine request from its arrival to its last event; queue
+/// time and time to first token are labelled by service tier too.
 pub struct Tracker {
     model: String,
+    tier: Tier,
     arrived: Instant,
     submitted: Instant,
     last_text: Option<Instant>,
 }
 
 impl Tracker {
-    pub fn new(model: &str, arrived: Instant) -> Tracker {
+    pub fn new(model: &str, tier: Tier, arrived: Instant) -> Tracker {
         handle();
         Tracker {
             model: model.to_string(),
+            tier,
             arrived,
             submitted: Instant::now(),
             last_text: None,
@@ -147,15 +172,19 @@ impl Tracker {
 
     pub fn event(&mut self, event: &Event) {
         let label = [("model_name", self.model.clone())];
+        let tiered = [
+            ("model_name", self.model.clone()),
+            ("service_tier", self.tier.name().to_string()),
+        ];
         let now = Instant::now();
         match event {
             Event::Started => {
-                histogram!("vllm:request_queue_time_seconds", &label)
+                histogram!("vllm:request_queue_time_seconds", &tiered)
                     .record((now - self.submitted).as_secs_f64());
             }
             Event::Text { .. } => {
                 match self.last_text {
-                    None => histogram!("vllm:time_to_first_token_seconds", &label)
+                    None => histogram!("vllm:time_to_first_token_seconds", &tiered)
                         .record((now - self.arrived).as_secs_f64()),
                     Some(t) => histogram!("vllm:inter_token_latency_seconds", &label)
                         .record((now - t).as_secs_f64()),

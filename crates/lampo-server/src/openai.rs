@@ -54,6 +54,14 @@ pub struct Sampling {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// `auto` (the server's default tier), `default`, `flex` or
+    /// `priority`; the response says which was used.
+    pub service_tier: Option<String>,
+    /// Extension: milliseconds from arrival within which the first token
+    /// must come. A request the server forecasts it cannot serve in time
+    /// is refused at once (503, code `deadline_unmeetable`); one that
+    /// misses it anyway ends with a 503 `timeout`.
+    pub first_token_deadline_ms: Option<u64>,
 }
 
 /// Message content: a string, or an array of parts of which Lampo reads
@@ -220,6 +228,8 @@ pub struct ChatResponse {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// The service tier the request was served in.
+    pub service_tier: &'static str,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
 }
@@ -239,6 +249,8 @@ pub struct CompletionResponse {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// The service tier the request was served in.
+    pub service_tier: &'static str,
     pub choices: Vec<CompletionChoice>,
     pub usage: Usage,
 }
@@ -254,6 +266,7 @@ pub struct ChatChunk {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    pub service_tier: &'static str,
     pub choices: Vec<ChatChunkChoice>,
     /// In a last chunk with no choices, when `stream_options.include_usage` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -310,6 +323,7 @@ pub struct CompletionChunk {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    pub service_tier: &'static str,
     pub choices: Vec<CompletionChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,

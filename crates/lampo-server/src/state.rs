@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lampo_engine::Engine;
+use lampo_engine::{Engine, Tier};
 
 use crate::error::{ApiError, BODY_TIMEOUT};
 
@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Longest a request body may take to arrive.
     pub body_timeout: Duration,
+    /// The tier of requests that ask for `auto` or none.
+    pub default_service_tier: Tier,
 }
 
 impl ServerConfig {
@@ -38,6 +40,7 @@ impl ServerConfig {
             request_timeout: None,
             cors_origins: Vec::new(),
             body_timeout: BODY_TIMEOUT,
+            default_service_tier: Tier::Default,
         }
     }
 }

@@ -41,6 +41,7 @@ struct Head {
     created: u64,
     model: String,
     api: Api,
+    tier: &'static str,
 }
 
 impl Head {
@@ -54,6 +55,7 @@ impl Head {
             object: "chat.completion.chunk",
             created: self.created,
             model: self.model.clone(),
+            service_tier: self.tier,
             choices,
             usage,
         })
@@ -65,6 +67,7 @@ impl Head {
             object: "text_completion",
             created: self.created,
             model: self.model.clone(),
+            service_tier: self.tier,
             choices,
             usage,
         })
@@ -199,10 +202,12 @@ pub(crate) fn respond(
         created: now(),
         model: state.model_name().to_string(),
         api,
+        tier: g.tier.name(),
     };
     let (out, rx) = mpsc::unbounded_channel::<Result<SseEvent, Infallible>>();
     let (prompt_tokens, calls, include_usage) = (g.prompt_tokens, g.calls, g.include_usage);
     let (echo, arrived, want_logprobs) = (g.echo, g.arrived, g.logprobs);
+    let g_tier = g.tier;
     tokio::spawn(async move {
         let send = |e: SseEvent| out.send(Ok(e)).is_ok();
         let Ok(engine) = state.engine() else { return };
@@ -220,7 +225,7 @@ pub(crate) fn respond(
             if !choice.opening(echo.as_deref()).into_iter().all(send) {
                 return;
             }
-            let mut tracker = metrics::Tracker::new(state.model_name(), arrived);
+            let mut tracker = metrics::Tracker::new(state.model_name(), g_tier, arrived);
             loop {
                 let event = tokio::select! {
                     e = events.recv() => match e {

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lampo_engine::{Constraint, GenerateParams, Request as EngineRequest, SamplingParams};
+use std::time::Duration;
+
+use lampo_engine::{Constraint, GenerateParams, Request as EngineRequest, SamplingParams, Tier};
 use lampo_model::Message;
 use lampo_model::tools::ToolFormat;
 
@@ -31,7 +33,13 @@ pub(crate) struct Generation {
     /// Text each choice begins with (the prompt, for `echo`).
     pub echo: Option<String>,
     pub arrived: Instant,
+    /// The service tier it is served in.
+    pub tier: Tier,
 }
+
+/// The header through which an operator's gateway sets a request's
+/// service tier, overriding the body's `service_tier`.
+pub(crate) const TIER_HEADER: &str = "x-lampo-service-tier";
 
 /// The generation settings both APIs share, OpenAI's defaults where a
 /// field is absent.
@@ -47,9 +55,55 @@ struct Settings {
     ignore_eos: bool,
     /// The grammar every choice's output must follow.
     constraint: Option<Constraint>,
+    tier: Tier,
+    first_token_within: Option<Duration>,
 }
 
-fn settings(s: Sampling, max_tokens: Option<u64>) -> Result<Settings, ApiError> {
+/// The tier a request is served in: the operator's header over the
+/// body's field; `auto` or neither is the server's default.
+fn service_tier(body: Option<&str>, header: Option<&str>, default: Tier) -> Result<Tier, ApiError> {
+    let parse = |name: &str| match name {
+        "auto" => Some(default),
+        other => Tier::parse(other),
+    };
+    if let Some(h) = header {
+        return parse(h.trim()).ok_or_else(|| {
+            ApiError::bad_request(
+                format!(
+                    "the {TIER_HEADER} header must be auto, default, flex or priority, not '{h}'"
+                ),
+                None,
+            )
+        });
+    }
+    match body {
+        None => Ok(default),
+        Some(b) => parse(b).ok_or_else(|| {
+            ApiError::bad_request(
+                format!("service_tier must be auto, default, flex or priority, not '{b}'"),
+                Some("service_tier"),
+            )
+        }),
+    }
+}
+
+fn settings(
+    s: Sampling,
+    max_tokens: Option<u64>,
+    tier_header: Option<&str>,
+    default_tier: Tier,
+) -> Result<Settings, ApiError> {
+    let tier = service_tier(s.service_tier.as_deref(), tier_header, default_tier)?;
+    let first_token_within = match s.first_token_deadline_ms {
+        None => None,
+        Some(ms @ 1..=3_600_000) => Some(Duration::from_millis(ms)),
+        Some(ms) => {
+            return Err(ApiError::bad_request(
+                format!("first_token_deadline_ms must be between 1 and 3600000, got {ms}"),
+                Some("first_token_deadline_ms"),
+            ));
+        }
+    };
     let range = |v: Option<f32>, lo: f32, hi: f32, name: &'static str, default: f32| match v {
         None => Ok(default),
         Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(x),
@@ -137,6 +191,8 @@ fn settings(s: Sampling, max_tokens: Option<u64>) -> Result<Settings, ApiError> 
         logprobs: None,
         ignore_eos: s.ignore_eos,
         constraint: None,
+        tier,
+        first_token_within,
     })
 }
 
@@ -198,6 +254,8 @@ fn engine_request(
         stop: s.stop.clone(),
         timeout: state.config.request_timeout,
         constraint: s.constraint.clone(),
+        tier: s.tier,
+        first_token_within: s.first_token_within,
     })
 }
 
@@ -256,9 +314,16 @@ pub(crate) async fn chat(
     state: &Arc<AppState>,
     req: ChatRequest,
     arrived: Instant,
+    tier_header: Option<&str>,
 ) -> Result<Generation, ApiError> {
     state.check_model(&req.model)?;
-    let mut s = settings(req.sampling, req.max_completion_tokens)?;
+    let default_tier = state.config.default_service_tier;
+    let mut s = settings(
+        req.sampling,
+        req.max_completion_tokens,
+        tier_header,
+        default_tier,
+    )?;
     s.logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), None) => Some(0),
         (Some(true), Some(k @ 0..=20)) => Some(k as usize),
@@ -335,6 +400,7 @@ pub(crate) async fn chat(
         calls: structure.calls,
         echo: None,
         arrived,
+        tier: s.tier,
     })
 }
 
@@ -343,10 +409,12 @@ pub(crate) fn completion(
     state: &AppState,
     req: CompletionRequest,
     arrived: Instant,
+    tier_header: Option<&str>,
 ) -> Result<Generation, ApiError> {
     state.check_model(&req.model)?;
     let echo = req.echo == Some(true);
-    let mut s = settings(req.sampling, None)?;
+    let default_tier = state.config.default_service_tier;
+    let mut s = settings(req.sampling, None, tier_header, default_tier)?;
     s.logprobs = match req.logprobs {
         None => None,
         Some(_) if echo => {
@@ -391,5 +459,6 @@ pub(crate) fn completion(
         calls: None,
         echo: echo.then_some(prompt),
         arrived,
+        tier: s.tier,
     })
 }

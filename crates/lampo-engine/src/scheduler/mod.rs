@@ -3,9 +3,13 @@
 //!
 //! - [`plan`]: the scheduler proper, pure bookkeeping. It admits waiting
 //!   requests, pages their KV blocks (sharing prefixes, preempting the
-//!   youngest when memory runs out) and says what the step computes:
-//!   every running request's next token and, within a token budget,
-//!   prompt chunks.
+//!   least urgent, least advanced request when memory runs out) and says
+//!   what the step computes: every running request's next token and,
+//!   within a token budget, prompt chunks, in the order [`policy`] gives
+//!   (service tier, first-token deadline, shortest remaining prompt).
+//!   The worker sizes each step's budget so that it lasts about
+//!   [`EngineConfig::max_step_time`], measured as it goes: a request that
+//!   arrives waits at most one such step before its prompt starts.
 //! - [`runner`]: runs that plan on the model in one forward pass (each
 //!   weight read once for everybody), and the draft model's proposals.
 //! - [`output`]: samples and verifies, turns tokens into text and hands
@@ -15,8 +19,10 @@
 //! depend on the others in its batch: the forward pass treats each
 //! sequence alone.
 
+mod forecast;
 mod output;
 pub(crate) mod plan;
+pub(crate) mod policy;
 mod runner;
 
 use std::collections::HashMap;
@@ -28,8 +34,9 @@ use lampo_kernels::Backend;
 use lampo_model::{LoadedModel, Logits};
 
 use crate::engine::{EngineConfig, Job};
-use crate::request::{Counters, Finish};
+use crate::request::{Counters, Finish, Tier};
 use crate::speculate::{Proposer, SpecMode, Speculator, ngram_proposal};
+pub(crate) use forecast::Forecast;
 use output::{Choice, Stream};
 use plan::{Planner, SeqId};
 use runner::Runner;
@@ -37,6 +44,10 @@ use runner::Runner;
 /// Tokens a draft may read before proposing and still have its proposal
 /// timed (more means it is reading the prompt).
 const CATCH_UP: usize = 8;
+
+/// Fewest positions a step is sized to, however slow positions are: below
+/// it, per-step costs would dominate.
+const MIN_STEP_TOKENS: usize = 32;
 
 /// Serves jobs from `jobs` until every sender is gone and no work is left.
 pub(crate) fn run<B: Backend>(
@@ -55,6 +66,7 @@ pub(crate) fn run<B: Backend>(
         streams: HashMap::new(),
         runner: Runner::new(lm, draft, cfg.block_size, n_blocks, cfg.clock.clone()),
         next_id: 0,
+        cost: Cost::default(),
     };
     loop {
         if w.planner.is_idle() {
@@ -78,6 +90,28 @@ struct Worker<'a, B: Backend> {
     streams: HashMap<SeqId, Stream>,
     runner: Runner<'a, B>,
     next_id: SeqId,
+    cost: Cost,
+}
+
+/// What steps cost, measured on steps of at least [`MIN_STEP_TOKENS`]
+/// positions (moving averages).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    per_position: Option<Duration>,
+    step: Option<Duration>,
+}
+
+impl Cost {
+    fn record(&mut self, positions: usize, took: Duration) {
+        if positions < MIN_STEP_TOKENS {
+            return;
+        }
+        let avg = |old: Option<Duration>, new: Duration| {
+            Some(old.map_or(new, |o| o.mul_f64(0.7) + new.mul_f64(0.3)))
+        };
+        self.per_position = avg(self.per_position, took / positions as u32);
+        self.step = avg(self.step, took);
+    }
 }
 
 /// A proposal made this step: by whom, how many tokens, how long it took
@@ -90,11 +124,14 @@ impl<B: Backend> Worker<'_, B> {
             request,
             sink,
             deadline,
+            submitted,
         } = job;
         self.next_id += 1;
         let id = self.next_id;
-        self.planner.enqueue(id, request.prompt.clone());
-        let stream = Stream::new(request, sink, deadline, self.speculator());
+        let first = first_token_deadline(&request, submitted);
+        self.planner
+            .enqueue(id, request.prompt.clone(), request.tier, first);
+        let stream = Stream::new(request, sink, deadline, first, self.speculator());
         self.streams.insert(id, stream);
     }
 
@@ -120,15 +157,17 @@ impl<B: Backend> Worker<'_, B> {
     fn step(&mut self) {
         self.reap_waiting();
         let stats_before = self.planner.stats;
-        for id in self.planner.admit() {
-            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-            self.counters.running.fetch_add(1, Ordering::Relaxed);
+        let admission = self.planner.admit();
+        for &id in &admission.preempted {
+            self.sent_back(id);
+        }
+        for id in admission.admitted {
+            self.count(id, true, 1);
+            self.count(id, false, -1);
             self.stream(id).start();
         }
         for id in self.planner.make_room() {
-            self.counters.running.fetch_sub(1, Ordering::Relaxed);
-            self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-            self.runner.draft_forget(id);
+            self.sent_back(id);
         }
         // Requests whose grammar ended or failed, or whose client left as
         // it was told it started, leave before any work is planned.
@@ -140,9 +179,10 @@ impl<B: Backend> Worker<'_, B> {
         }
         self.retire();
         let proposals = self.propose();
+        let budget = self.step_budget();
         let plan = self
             .planner
-            .plan(|id| ready.get(&id).copied().unwrap_or(false));
+            .plan(|id| ready.get(&id).copied().unwrap_or(false), budget);
         if plan.is_empty() {
             // Only grammars are working: wait for one rather than spin.
             if let Some(s) = self
@@ -161,7 +201,7 @@ impl<B: Backend> Worker<'_, B> {
             if s.finish.is_none() && s.is_closed() {
                 s.finish = Some(Finish::Cancelled);
             }
-            if s.finish.is_none() && s.deadline.is_some_and(|d| now >= d) {
+            if s.finish.is_none() && s.overdue(now) {
                 s.finish = Some(Finish::TimedOut);
             }
         }
@@ -177,6 +217,7 @@ impl<B: Backend> Worker<'_, B> {
         c.preemptions
             .fetch_add(st.preemptions - stats_before.preemptions, Ordering::Relaxed);
         self.publish();
+        self.publish_forecast();
     }
 
     /// Ends waiting requests whose client left or whose time is up.
@@ -189,7 +230,7 @@ impl<B: Backend> Worker<'_, B> {
                 let s = &self.streams[&id];
                 if s.is_closed() {
                     Some((id, Finish::Cancelled))
-                } else if s.deadline.is_some_and(|d| now >= d) {
+                } else if s.overdue(now) {
                     Some((id, Finish::TimedOut))
                 } else {
                     None
@@ -197,9 +238,9 @@ impl<B: Backend> Worker<'_, B> {
             })
             .collect();
         for (id, finish) in gone {
+            self.count(id, false, -1);
             self.planner.remove(id);
             self.runner.draft_forget(id);
-            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             let mut s = self.streams.remove(&id).expect("a stream");
             s.finish = Some(finish);
             s.end();
@@ -273,6 +314,8 @@ impl<B: Backend> Worker<'_, B> {
             }
         };
         let step_time = clock.now() - started;
+        self.cost
+            .record(plan.iter().map(|it| it.n).sum(), step_time);
         let (tok, n_ctx) = (&self.lm.tokenizer, self.cfg.n_ctx);
         let n_vocab = self.lm.model.config.n_vocab;
         let mut choices: Vec<Choice> = plan
@@ -362,9 +405,9 @@ impl<B: Backend> Worker<'_, B> {
             .map(|s| s.id)
             .collect();
         for id in ended {
+            self.count(id, true, -1);
             self.planner.remove(id);
             self.runner.draft_forget(id);
-            self.counters.running.fetch_sub(1, Ordering::Relaxed);
             self.publish();
             let mut s = self.streams.remove(&id).expect("a stream");
             s.end();
@@ -376,6 +419,71 @@ impl<B: Backend> Worker<'_, B> {
         self.counters.blocks_in_use.store(in_use, Ordering::Relaxed);
         self.counters.blocks_total.store(total, Ordering::Relaxed);
     }
+
+    /// Tells the forecast what is queued and what steps cost.
+    fn publish_forecast(&self) {
+        let budget = self.step_budget();
+        self.counters.step_budget.store(budget, Ordering::Relaxed);
+        let forecast = Forecast {
+            step: self.cost.step,
+            budget,
+            decoding: self.planner.decoding().len(),
+            prompts: self.planner.prompts(),
+        };
+        *self
+            .counters
+            .forecast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = forecast;
+    }
+
+    /// Positions the next step may compute: as many as fit in
+    /// `max_step_time` at the measured cost, within
+    /// [`MIN_STEP_TOKENS`]..=`step_tokens`.
+    fn step_budget(&self) -> usize {
+        let cap = self.cfg.step_tokens;
+        match (self.cfg.max_step_time, self.cost.per_position) {
+            (Some(t), Some(c)) if !c.is_zero() => {
+                let fit = (t.as_secs_f64() / c.as_secs_f64()) as usize;
+                fit.clamp(MIN_STEP_TOKENS.min(cap), cap)
+            }
+            _ => cap,
+        }
+    }
+
+    /// Moves request `id` (of whichever tier) into (`by` 1) or out of (-1)
+    /// the running (`running`) or waiting counts.
+    fn count(&self, id: SeqId, running: bool, by: isize) {
+        let tier = self.planner.slot(id).map_or(Tier::Default, |s| s.tier);
+        let c = self.counters;
+        let (all, by_tier) = if running {
+            (&c.running, &c.running_by_tier)
+        } else {
+            (&c.waiting, &c.waiting_by_tier)
+        };
+        for counter in [all, &by_tier[tier.index()]] {
+            if by > 0 {
+                counter.fetch_add(by as usize, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(by.unsigned_abs(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts a preempted request as waiting again and drops its draft state.
+    fn sent_back(&mut self, id: SeqId) {
+        self.count(id, true, -1);
+        self.count(id, false, 1);
+        self.runner.draft_forget(id);
+    }
+}
+
+/// When `request`'s first token is due, on the engine's clock.
+fn first_token_deadline(
+    request: &crate::request::Request,
+    submitted: Duration,
+) -> Option<Duration> {
+    request.first_token_within.map(|d| submitted + d)
 }
 
 fn streams_get(streams: &mut HashMap<SeqId, Stream>, id: SeqId) -> &mut Stream {

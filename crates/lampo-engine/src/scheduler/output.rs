@@ -79,8 +79,10 @@ pub(crate) fn choose(
 /// A request's client side.
 pub(crate) struct Stream {
     sink: Box<dyn Sink>,
-    /// On the engine's clock.
+    /// When it must end, on the engine's clock.
     pub deadline: Option<Duration>,
+    /// When its first token is due, on the engine's clock.
+    first_deadline: Option<Duration>,
     pub params: GenerateParams,
     sampler: Sampler,
     text: Text,
@@ -100,6 +102,7 @@ impl Stream {
         request: Request,
         sink: Box<dyn Sink>,
         deadline: Option<Duration>,
+        first_deadline: Option<Duration>,
         spec: Option<Speculator>,
     ) -> Stream {
         let mut sampler = Sampler::new(request.params.sampling.clone());
@@ -109,6 +112,7 @@ impl Stream {
         Stream {
             sink,
             deadline,
+            first_deadline,
             params: request.params,
             sampler,
             text: Text::new(&request.stop),
@@ -129,6 +133,12 @@ impl Stream {
 
     pub fn is_closed(&self) -> bool {
         self.sink.is_closed()
+    }
+
+    /// Whether at `now` its time is up, or its first token is overdue.
+    pub fn overdue(&self, now: Duration) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+            || (self.generated == 0 && self.first_deadline.is_some_and(|d| now >= d))
     }
 
     /// Tells the client its request left the queue (once, however often

@@ -4,21 +4,27 @@
 //! (as [`crate::blocks`] is).
 //!
 //! Each step computes every running request's next token (and any
-//! proposed tokens after it), then chunks of the prompts being prefilled,
-//! oldest first, within the step's token budget. Admission is first come,
-//! first served: a request waits while the KV memory its prompt needs is
-//! taken; one whose prompt begins with blocks another request is
-//! computing waits for them (letting those behind it go first) instead of
-//! computing them twice. When a decoding request needs a block and none
-//! is left, the youngest request gives its blocks back and waits to be
-//! recomputed (its finished blocks stay findable by prefix, so that is
-//! often short).
+//! proposed tokens after it), then chunks of the prompts being prefilled
+//! within the step's token budget, in the order [`super::policy`] gives
+//! (tier, deadline, shortest remaining first, a share kept for the
+//! oldest). Admission takes the most urgent tier first, then arrival
+//! order: a request waits while the KV memory its prompt needs is taken
+//! (unless a less urgent request can give it back); one whose prompt
+//! begins with blocks another request is computing waits for them
+//! (letting those behind it go first) instead of computing them twice.
+//! Flex requests take only the places the other tiers leave free. When a
+//! decoding request needs a block and none is left, a request of its tier
+//! or a less urgent one gives its blocks back and waits to be recomputed
+//! (its finished blocks stay findable by prefix, so that is often short).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use lampo_model::Logits;
 
+use super::policy::{self, Prompt, Running};
 use crate::blocks::{BlockId, BlockKey, BlockPool, Lookup};
+use crate::request::Tier;
 
 /// A request's number in the engine.
 pub(crate) type SeqId = u64;
@@ -40,12 +46,36 @@ pub(crate) struct Slot {
     admission: u64,
     /// Tokens at the end of `tokens` proposed this step, not yet verified.
     pub proposed: usize,
+    pub tier: Tier,
+    /// When its first token is due, on the engine's clock.
+    pub deadline: Option<Duration>,
+    /// Arrival order.
+    arrival: u64,
 }
 
 impl Slot {
     /// Whether the next step computes one position and samples after it.
     pub fn decoding(&self) -> bool {
         self.tokens.len() - self.proposed - self.computed == 1
+    }
+
+    /// As the prefill ordering sees it.
+    fn prompt(&self) -> Prompt {
+        Prompt {
+            tier: self.tier,
+            deadline: self.deadline,
+            left: self.tokens.len() - self.computed,
+            arrival: self.arrival,
+        }
+    }
+
+    /// As the choice of a preemption victim sees it.
+    fn running(&self) -> Running {
+        Running {
+            tier: self.tier,
+            computed: self.computed,
+            admission: self.admission,
+        }
     }
 
     /// Names the full blocks of `tokens` up to block `full`.
@@ -86,7 +116,17 @@ pub(crate) struct Planner {
     running: Vec<Slot>,
     /// Admissions so far: orders requests by age for preemption.
     admitted: u64,
+    /// Arrivals so far: orders prompts by age for prefill.
+    arrived: u64,
     pub stats: Stats,
+}
+
+/// What one call to [`Planner::admit`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    pub admitted: Vec<SeqId>,
+    /// Running requests sent back to wait to make room for more urgent ones.
+    pub preempted: Vec<SeqId>,
 }
 
 enum Admission {
@@ -112,6 +152,7 @@ impl Planner {
             waiting: VecDeque::new(),
             running: Vec::new(),
             admitted: 0,
+            arrived: 0,
             stats: Stats::default(),
         }
     }
@@ -125,8 +166,12 @@ impl Planner {
         (self.pool.in_use(), self.pool.total())
     }
 
-    pub fn enqueue(&mut self, id: SeqId, prompt: Vec<u32>) {
+    pub fn enqueue(&mut self, id: SeqId, prompt: Vec<u32>, tier: Tier, deadline: Option<Duration>) {
+        self.arrived += 1;
         self.waiting.push_back(Slot {
+            tier,
+            deadline,
+            arrival: self.arrived,
             id,
             n_prompt: prompt.len(),
             tokens: prompt,
@@ -145,6 +190,16 @@ impl Planner {
 
     pub fn running(&self) -> impl Iterator<Item = &Slot> + '_ {
         self.running.iter()
+    }
+
+    /// Every prompt not yet computed, waiting or running, as the prefill
+    /// ordering sees it.
+    pub fn prompts(&self) -> Vec<Prompt> {
+        self.waiting
+            .iter()
+            .chain(self.running.iter().filter(|s| !s.decoding()))
+            .map(Slot::prompt)
+            .collect()
     }
 
     pub fn slot(&self, id: SeqId) -> Option<&Slot> {
@@ -173,19 +228,55 @@ impl Planner {
         Some(slot)
     }
 
-    /// Moves waiting requests into the batch, oldest first, while there is
-    /// room in it and KV memory for their prompts. Returns those admitted.
-    pub fn admit(&mut self) -> Vec<SeqId> {
-        let mut admitted = Vec::new();
-        let mut i = 0;
-        while i < self.waiting.len() && self.running.len() < self.max_batch {
+    /// Moves waiting requests into the batch, most urgent tier first and
+    /// then oldest first, while there is room in it and KV memory for
+    /// their prompts; flex requests only into the places kept for them.
+    /// A request finding no room or memory takes it from a running one of
+    /// a less urgent tier, which waits at the front of the queue (behind
+    /// the more urgent ones, as admission goes by tier first).
+    pub fn admit(&mut self) -> Admitted {
+        let mut done = Admitted::default();
+        let mut parked: Vec<SeqId> = Vec::new();
+        let flex_places = policy::flex_places(self.max_batch);
+        loop {
+            let Some(i) = (0..self.waiting.len())
+                .filter(|&i| !parked.contains(&self.waiting[i].id))
+                .min_by_key(|&i| (self.waiting[i].tier, i))
+            else {
+                break;
+            };
+            let tier = self.waiting[i].tier;
+            if tier == Tier::Flex
+                && self.running.iter().filter(|s| s.tier == Tier::Flex).count() >= flex_places
+            {
+                break;
+            }
+            if self.running.len() >= self.max_batch {
+                match self.less_urgent(tier) {
+                    Some(at) => done.preempted.push(self.preempt(at)),
+                    None => break,
+                }
+                continue;
+            }
             match self.try_admit(i) {
-                Admission::Admitted => admitted.push(self.running.last().expect("admitted").id),
-                Admission::Parked => i += 1,
-                Admission::NoMemory => break,
+                Admission::Admitted => done
+                    .admitted
+                    .push(self.running.last().expect("admitted").id),
+                Admission::Parked => parked.push(self.waiting[i].id),
+                Admission::NoMemory => match self.less_urgent(tier) {
+                    Some(at) => done.preempted.push(self.preempt(at)),
+                    None => break,
+                },
             }
         }
-        admitted
+        done
+    }
+
+    /// The running request to preempt for a waiting one of `tier`: of a
+    /// strictly less urgent tier, chosen as [`policy::victim`] does.
+    fn less_urgent(&self, tier: Tier) -> Option<usize> {
+        let running: Vec<Running> = self.running.iter().map(Slot::running).collect();
+        policy::victim(&running, tier).filter(|&at| running[at].tier > tier)
     }
 
     fn try_admit(&mut self, i: usize) -> Admission {
@@ -235,8 +326,9 @@ impl Planner {
     }
 
     /// Gives every decoding request a block for its next position; when
-    /// none is left, the youngest request gives its blocks back and waits
-    /// to be recomputed (possibly the one in need). Returns those sent back.
+    /// none is left, a request of its tier or a less urgent one gives its
+    /// blocks back and waits to be recomputed (possibly the one in need;
+    /// see [`policy::victim`]). Returns those sent back.
     pub fn make_room(&mut self) -> Vec<SeqId> {
         let bs = self.block_size;
         let mut preempted = Vec::new();
@@ -250,9 +342,9 @@ impl Planner {
             match self.pool.allocate() {
                 Some(id) => self.running[at].blocks.push(id),
                 None => {
-                    let victim = (0..self.running.len())
-                        .max_by_key(|&i| self.running[i].admission)
-                        .expect("a request is running");
+                    let running: Vec<Running> = self.running.iter().map(Slot::running).collect();
+                    let victim = policy::victim(&running, running[at].tier)
+                        .expect("the request in need is a candidate");
                     preempted.push(self.preempt(victim));
                     if victim < at {
                         at -= 1;
@@ -321,11 +413,13 @@ impl Planner {
     }
 
     /// This step's work: every decoding request's next position (and its
-    /// proposal), then prompt chunks, oldest first, within the step's
-    /// budget. `may_sample` says whether a request's logits may be
-    /// sampled now (its grammar's mask is ready): a request that may not
-    /// sits out its decode and stops short of its prompt's last position.
-    pub fn plan(&self, may_sample: impl Fn(SeqId) -> bool) -> Vec<Item> {
+    /// proposal), then prompt chunks within a budget of `step_tokens`
+    /// positions in all (at most the planner's own), shared as
+    /// [`policy::split`] says. `may_sample`
+    /// says whether a request's logits may be sampled now (its grammar's
+    /// mask is ready): a request that may not sits out its decode and
+    /// stops short of its prompt's last position.
+    pub fn plan(&self, may_sample: impl Fn(SeqId) -> bool, step_tokens: usize) -> Vec<Item> {
         let mut items = Vec::new();
         for s in self.running.iter().filter(|s| s.decoding()) {
             if !may_sample(s.id) {
@@ -342,23 +436,27 @@ impl Planner {
                 },
             });
         }
-        let mut budget = self
-            .step_tokens
+        let budget = step_tokens
+            .min(self.step_tokens)
             .saturating_sub(items.iter().map(|i| i.n).sum());
-        for s in &self.running {
-            let left = s.tokens.len() - s.computed;
-            if budget == 0 {
-                break;
-            }
-            if left < 2 || s.proposed > 0 {
-                continue;
-            }
-            let n = if left <= budget && !may_sample(s.id) {
+        let prefilling: Vec<&Slot> = self
+            .running
+            .iter()
+            .filter(|s| s.tokens.len() - s.computed >= 2 && s.proposed == 0)
+            .collect();
+        let prompts: Vec<Prompt> = prefilling.iter().map(|s| s.prompt()).collect();
+        let shares = policy::split(&prompts, budget);
+        for i in policy::prefill_order(&prompts) {
+            let (s, share) = (prefilling[i], shares[i]);
+            let left = prompts[i].left;
+            let n = if share == left && !may_sample(s.id) {
                 left - 1
             } else {
-                left.min(budget)
+                share
             };
-            budget -= n;
+            if n == 0 {
+                continue;
+            }
             items.push(Item {
                 id: s.id,
                 start: s.computed,
@@ -413,208 +511,5 @@ fn release(pool: &mut BlockPool, blocks: &mut Vec<BlockId>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tokens(n: usize, seed: u32) -> Vec<u32> {
-        (0..n as u32).map(|i| seed * 1000 + i).collect()
-    }
-
-    /// Runs the plan as the engine would, sampling token 7 after every
-    /// position that wants logits.
-    fn step(p: &mut Planner) -> Vec<Item> {
-        p.admit();
-        p.make_room();
-        let plan = p.plan(|_| true);
-        for it in &plan {
-            let new: Vec<u32> = if it.logits == Logits::None {
-                vec![]
-            } else {
-                vec![7]
-            };
-            p.commit(it.id, it.start + it.n, &new);
-        }
-        plan
-    }
-
-    #[test]
-    fn decodes_come_first_then_prompt_chunks_within_the_budget() {
-        // 16-position blocks, 100 blocks, batch of 4, 32 tokens a step.
-        let mut p = Planner::new(16, 100, 4, 32);
-        p.enqueue(1, tokens(5, 1));
-        assert_eq!(
-            step(&mut p),
-            [Item {
-                id: 1,
-                start: 0,
-                n: 5,
-                logits: Logits::Last
-            }]
-        );
-        // A long prompt arrives: request 1 decodes, the prompt fills the rest.
-        p.enqueue(2, tokens(70, 2));
-        let plan = step(&mut p);
-        assert_eq!(
-            plan[0],
-            Item {
-                id: 1,
-                start: 5,
-                n: 1,
-                logits: Logits::Last
-            }
-        );
-        assert_eq!(
-            plan[1],
-            Item {
-                id: 2,
-                start: 0,
-                n: 31,
-                logits: Logits::None
-            }
-        );
-        let plan = step(&mut p);
-        assert_eq!(
-            plan[1],
-            Item {
-                id: 2,
-                start: 31,
-                n: 31,
-                logits: Logits::None
-            }
-        );
-        let plan = step(&mut p);
-        assert_eq!(
-            plan[1],
-            Item {
-                id: 2,
-                start: 62,
-                n: 8,
-                logits: Logits::Last
-            }
-        );
-        // Both decode now.
-        let plan = step(&mut p);
-        assert_eq!(plan.len(), 2);
-        assert!(plan.iter().all(|i| i.n == 1));
-    }
-
-    #[test]
-    fn a_request_that_may_not_sample_stops_short_and_sits_out_its_decode() {
-        let mut p = Planner::new(16, 100, 4, 64);
-        p.enqueue(1, tokens(10, 1));
-        p.admit();
-        let plan = p.plan(|_| false);
-        assert_eq!(
-            plan,
-            [Item {
-                id: 1,
-                start: 0,
-                n: 9,
-                logits: Logits::None
-            }]
-        );
-        p.commit(1, 9, &[]);
-        assert!(p.plan(|_| false).is_empty(), "its last position waits");
-        assert_eq!(
-            p.plan(|_| true),
-            [Item {
-                id: 1,
-                start: 9,
-                n: 1,
-                logits: Logits::Last
-            }]
-        );
-    }
-
-    #[test]
-    fn admission_waits_for_memory_and_the_youngest_gives_way() {
-        // 6 blocks of 16; 20-token prompts take 2 each, and admission
-        // keeps a block per running request for its next token.
-        let mut p = Planner::new(16, 6, 4, 256);
-        for id in 1..=3 {
-            p.enqueue(id, tokens(20, id as u32));
-        }
-        assert_eq!(p.admit(), [1, 2]);
-        assert_eq!(p.waiting().collect::<Vec<_>>(), [3], "no memory for 3");
-        // Both decode into their third block (the last two free ones).
-        while p.slot(1).unwrap().computed < 48 {
-            step(&mut p);
-        }
-        assert_eq!(p.blocks_in_use(), (6, 6));
-        // Request 1 needs a fourth: request 2, admitted later, gives way.
-        step(&mut p);
-        assert_eq!(p.stats.preemptions, 1);
-        assert_eq!(p.waiting().collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(p.slot(2).unwrap().computed, 0);
-        assert_eq!(p.slot(1).unwrap().blocks.len(), 4);
-        // Once request 1 is done, request 2 comes back and finds its full
-        // blocks by prefix.
-        p.remove(1);
-        assert_eq!(p.admit().first(), Some(&2));
-        assert_eq!(p.slot(2).unwrap().computed, 32);
-    }
-
-    #[test]
-    fn a_shared_prefix_is_computed_once() {
-        let mut p = Planner::new(16, 100, 4, 256);
-        let prefix = tokens(48, 9);
-        let with = |tail: u32| {
-            let mut t = prefix.clone();
-            t.extend([tail, tail + 1]);
-            t
-        };
-        p.enqueue(1, with(1));
-        p.enqueue(2, with(5));
-        // Request 2 waits for the prefix request 1 is computing.
-        assert_eq!(p.admit(), [1]);
-        assert_eq!(p.waiting().collect::<Vec<_>>(), [2]);
-        step(&mut p);
-        assert_eq!(p.admit(), [2]);
-        let s = p.slot(2).unwrap();
-        assert_eq!(s.computed, 48, "the shared blocks are reused");
-        assert_eq!(p.stats.prefix_hits, 48);
-        // The shared blocks are held by both.
-        assert_eq!(s.blocks[..3], p.slot(1).unwrap().blocks[..3]);
-    }
-
-    #[test]
-    fn proposals_get_room_from_free_blocks_and_are_verified_in_the_decode() {
-        let mut p = Planner::new(16, 2, 1, 64);
-        p.enqueue(1, tokens(14, 1));
-        step(&mut p);
-        p.make_room();
-        // 15 tokens, 1 block: room for one more after the next, then a
-        // second block gives 16 more; none beyond.
-        assert_eq!(p.room_for(1, 40), 17);
-        p.propose(1, &[1, 2, 3]);
-        assert_eq!(
-            p.plan(|_| true),
-            [Item {
-                id: 1,
-                start: 14,
-                n: 4,
-                logits: Logits::All
-            }]
-        );
-        // Two of three accepted, then the model's own token.
-        let proposal = p.take_proposal(1);
-        assert_eq!(proposal, [1, 2, 3]);
-        p.commit(1, 14 + 1 + 2, &[1, 2, 9]);
-        let s = p.slot(1).unwrap();
-        assert_eq!((s.tokens.len(), s.computed, s.proposed), (18, 17, 0));
-        assert!(s.decoding());
-    }
-
-    #[test]
-    fn removing_a_request_frees_its_blocks() {
-        let mut p = Planner::new(16, 10, 2, 64);
-        p.enqueue(1, tokens(40, 1));
-        p.enqueue(2, tokens(3, 2));
-        step(&mut p);
-        assert_eq!(p.blocks_in_use().0, 4);
-        p.remove(1);
-        p.remove(2);
-        assert_eq!(p.blocks_in_use().0, 0);
-        assert!(p.is_idle());
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -66,6 +66,8 @@ impl Solo {
             stop: Vec::new(),
             timeout: None,
             constraint: None,
+            tier: lampo_engine::Tier::Default,
+            first_token_within: None,
         };
         self.engine
             .submit(request, move |e: Event| tx.send(e).is_ok())?;

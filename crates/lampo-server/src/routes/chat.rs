@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::bridge::{self, finish_reason};
@@ -23,10 +24,15 @@ use crate::{logprobs, structured, validate};
         (status = 503, body = crate::openai::ErrorBody)))]
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let g = validate::chat(&state, req, arrived).await?;
+    let tier_header = headers
+        .get(validate::TIER_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let g = validate::chat(&state, req, arrived, tier_header).await?;
+    let g_tier = g.tier;
     let id = random_id("chatcmpl");
     if g.stream {
         return stream::respond(state, g, Api::Chat, id);
@@ -35,7 +41,7 @@ pub(crate) async fn chat_completions(
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
     for (index, rx) in bridge::submit(&state, g.requests)?.into_iter().enumerate() {
-        let got = bridge::collect(&state, rx, arrived).await?;
+        let got = bridge::collect(&state, rx, g_tier, arrived).await?;
         completion_tokens += got.done.completion_tokens;
         let answer = match calls {
             Some(format) => structured::split_answer(format, &got.text),
@@ -62,6 +68,7 @@ pub(crate) async fn chat_completions(
         object: "chat.completion",
         created: now(),
         model: state.model_name().to_string(),
+        service_tier: g_tier.name(),
         choices,
         usage: Usage {
             prompt_tokens,

@@ -238,13 +238,10 @@ impl Planner {
         let mut done = Admitted::default();
         let mut parked: Vec<SeqId> = Vec::new();
         let flex_places = policy::flex_places(self.max_batch);
-        loop {
-            let Some(i) = (0..self.waiting.len())
-                .filter(|&i| !parked.contains(&self.waiting[i].id))
-                .min_by_key(|&i| (self.waiting[i].tier, i))
-            else {
-                break;
-            };
+        while let Some(i) = (0..self.waiting.len())
+            .filter(|&i| !parked.contains(&self.waiting[i].id))
+            .min_by_key(|&i| (self.waiting[i].tier, i))
+        {
             let tier = self.waiting[i].tier;
             if tier == Tier::Flex
                 && self.running.iter().filter(|s| s.tier == Tier::Flex).count() >= flex_places

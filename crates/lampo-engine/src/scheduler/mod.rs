@@ -19,6 +19,7 @@
 //! depend on the others in its batch: the forward pass treats each
 //! sequence alone.
 
+mod cost;
 mod forecast;
 mod output;
 pub(crate) mod plan;
@@ -36,6 +37,7 @@ use lampo_model::{LoadedModel, Logits};
 use crate::engine::{EngineConfig, Job};
 use crate::request::{Counters, Finish, Tier};
 use crate::speculate::{Proposer, SpecMode, Speculator, ngram_proposal};
+use cost::{Shape, StepCost};
 pub(crate) use forecast::Forecast;
 use output::{Choice, Stream};
 use plan::{Planner, SeqId};
@@ -45,9 +47,15 @@ use runner::Runner;
 /// timed (more means it is reading the prompt).
 const CATCH_UP: usize = 8;
 
-/// Fewest positions a step is sized to, however slow positions are: below
-/// it, per-step costs would dominate.
+/// Fewest positions a step is sized to from a cost per position alone
+/// (and the fewest a step must have to measure that cost): below it,
+/// per-step costs would dominate.
 const MIN_STEP_TOKENS: usize = 32;
+
+/// Fewest prompt positions a step sized by the fitted cost computes
+/// beside the decodes, however slow positions are (late in a long prompt
+/// each one attends to thousands): prompts always progress.
+const MIN_STEP_PREFILL: usize = 8;
 
 /// Serves jobs from `jobs` until every sender is gone and no work is left.
 pub(crate) fn run<B: Backend>(
@@ -67,6 +75,8 @@ pub(crate) fn run<B: Backend>(
         runner: Runner::new(lm, draft, cfg.block_size, n_blocks, cfg.clock.clone()),
         next_id: 0,
         cost: Cost::default(),
+        model: StepCost::default(),
+        others_seen: None,
     };
     loop {
         if w.planner.is_idle() {
@@ -91,6 +101,10 @@ struct Worker<'a, B: Backend> {
     runner: Runner<'a, B>,
     next_id: SeqId,
     cost: Cost,
+    /// What a step of a given shape costs, fitted as steps run.
+    model: StepCost,
+    /// When a request of a tier other than flex was last queued or running.
+    others_seen: Option<Duration>,
 }
 
 /// What steps cost, measured on steps of at least [`MIN_STEP_TOKENS`]
@@ -179,10 +193,12 @@ impl<B: Backend> Worker<'_, B> {
         }
         self.retire();
         let proposals = self.propose();
-        let budget = self.step_budget();
-        let plan = self
-            .planner
-            .plan(|id| ready.get(&id).copied().unwrap_or(false), budget);
+        if !self.planner.only_flex() {
+            self.others_seen = Some(self.cfg.clock.now());
+        }
+        let may_sample = |id| ready.get(&id).copied().unwrap_or(false);
+        let budget = self.step_budget(may_sample);
+        let plan = self.planner.plan(may_sample, budget);
         if plan.is_empty() {
             // Only grammars are working: wait for one rather than spin.
             if let Some(s) = self
@@ -316,6 +332,16 @@ impl<B: Backend> Worker<'_, B> {
         let step_time = clock.now() - started;
         self.cost
             .record(plan.iter().map(|it| it.n).sum(), step_time);
+        let shape = Shape::of(plan);
+        tracing::trace!(
+            target: "lampo_engine::steps",
+            positions = shape.positions,
+            attended = shape.attended,
+            predicted_ms = self.model.predict(shape).map(|d| d.as_secs_f64() * 1e3),
+            took_ms = step_time.as_secs_f64() * 1e3,
+            "step"
+        );
+        self.model.record(shape, step_time);
         let (tok, n_ctx) = (&self.lm.tokenizer, self.cfg.n_ctx);
         let n_vocab = self.lm.model.config.n_vocab;
         let mut choices: Vec<Choice> = plan
@@ -422,7 +448,7 @@ impl<B: Backend> Worker<'_, B> {
 
     /// Tells the forecast what is queued and what steps cost.
     fn publish_forecast(&self) {
-        let budget = self.step_budget();
+        let budget = self.step_budget(|_| true);
         self.counters.step_budget.store(budget, Ordering::Relaxed);
         let forecast = Forecast {
             step: self.cost.step,
@@ -438,16 +464,65 @@ impl<B: Backend> Worker<'_, B> {
     }
 
     /// Positions the next step may compute: as many as fit in
-    /// `max_step_time` at the measured cost, within
-    /// [`MIN_STEP_TOKENS`]..=`step_tokens`.
-    fn step_budget(&self) -> usize {
+    /// `max_step_time` (or the shorter time [`policy::step_time`] gives
+    /// flex-only steps), at most `step_tokens` and at least the decodes
+    /// and [`MIN_STEP_PREFILL`] positions (at least [`MIN_STEP_TOKENS`]
+    /// while the fit warms up). The
+    /// step is planned at candidate budgets and each plan's time
+    /// predicted by the fitted [`StepCost`] (so the attention a chunk
+    /// late in a long prompt pays is counted); until the fit is warm, at
+    /// the measured cost per position.
+    fn step_budget(&self, may_sample: impl Fn(SeqId) -> bool) -> usize {
         let cap = self.cfg.step_tokens;
-        match (self.cfg.max_step_time, self.cost.per_position) {
-            (Some(t), Some(c)) if !c.is_zero() => {
-                let fit = (t.as_secs_f64() / c.as_secs_f64()) as usize;
-                fit.clamp(MIN_STEP_TOKENS.min(cap), cap)
+        let floor = MIN_STEP_TOKENS.min(cap);
+        let Some(max_step) = self.cfg.max_step_time else {
+            return cap;
+        };
+        let since_others = self.others_seen.map(|t| self.cfg.clock.now() - t);
+        let t = policy::step_time(max_step, self.planner.only_flex(), since_others);
+        let decodes = self.planner.plan(&may_sample, 0);
+        let n_decodes: usize = decodes.iter().map(|it| it.n).sum();
+        let prefilling = self.planner.plan(&may_sample, cap).len() > decodes.len();
+        // The step as planned at `budget`; with no prompt to prefill, as
+        // it would be with a new one (what the forecast wants to know).
+        let cost = |budget: usize| {
+            let shape = if prefilling {
+                Shape::of(&self.planner.plan(&may_sample, budget))
+            } else {
+                let mut items = decodes.clone();
+                items.push(plan::Item {
+                    id: SeqId::MAX,
+                    start: 0,
+                    n: budget.saturating_sub(n_decodes).max(1),
+                    logits: Logits::Last,
+                });
+                Shape::of(&items)
+            };
+            self.model.predict(shape)
+        };
+        match cost(cap) {
+            Some(c) if c <= t => cap,
+            Some(_) => {
+                // The largest budget whose plan fits: `lo` fits (or is
+                // the floor), `hi` does not.
+                let (mut lo, mut hi) = ((n_decodes + MIN_STEP_PREFILL).min(cap), cap);
+                while hi - lo > 1 {
+                    let mid = (lo + hi) / 2;
+                    if cost(mid).is_some_and(|c| c <= t) {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
             }
-            _ => cap,
+            None => match self.cost.per_position {
+                Some(c) if !c.is_zero() => {
+                    let fit = (t.as_secs_f64() / c.as_secs_f64()) as usize;
+                    fit.clamp(floor, cap)
+                }
+                _ => cap,
+            },
         }
     }
 

@@ -416,9 +416,46 @@ impl Planner {
     /// says whether a request's logits may be sampled now (its grammar's
     /// mask is ready): a request that may not sits out its decode and
     /// stops short of its prompt's last position.
+    ///
+    /// Flex yields: a step that gives a request of another tier its first
+    /// token computes nothing for flex requests, so that the first token
+    /// comes as fast as on an idle engine. Flex requests lose one step
+    /// for each such arrival, no more.
     pub fn plan(&self, may_sample: impl Fn(SeqId) -> bool, step_tokens: usize) -> Vec<Item> {
+        let items = self.plan_for(&may_sample, step_tokens, true);
+        let first_token_above_flex = items.iter().any(|it| {
+            let s = self.slot(it.id).expect("planned requests run");
+            s.tier < Tier::Flex && !s.decoding() && it.logits == Logits::Last
+        });
+        if first_token_above_flex && self.running.iter().any(|s| s.tier == Tier::Flex) {
+            self.plan_for(&may_sample, step_tokens, false)
+        } else {
+            items
+        }
+    }
+
+    /// Whether there are requests, all of them flex.
+    pub fn only_flex(&self) -> bool {
+        !self.is_idle()
+            && self.running.iter().all(|s| s.tier == Tier::Flex)
+            && self.waiting.iter().all(|s| s.tier == Tier::Flex)
+    }
+
+    /// [`Planner::plan`], with or without the flex requests.
+    fn plan_for(
+        &self,
+        may_sample: &impl Fn(SeqId) -> bool,
+        step_tokens: usize,
+        flex: bool,
+    ) -> Vec<Item> {
         let mut items = Vec::new();
-        for s in self.running.iter().filter(|s| s.decoding()) {
+        let included = |s: &&Slot| flex || s.tier != Tier::Flex;
+        for s in self
+            .running
+            .iter()
+            .filter(included)
+            .filter(|s| s.decoding())
+        {
             if !may_sample(s.id) {
                 continue;
             }
@@ -439,6 +476,7 @@ impl Planner {
         let prefilling: Vec<&Slot> = self
             .running
             .iter()
+            .filter(included)
             .filter(|s| s.tokens.len() - s.computed >= 2 && s.proposed == 0)
             .collect();
         let prompts: Vec<Prompt> = prefilling.iter().map(|s| s.prompt()).collect();

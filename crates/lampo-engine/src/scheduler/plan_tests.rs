@@ -340,3 +340,41 @@ fn under_memory_pressure_a_priority_request_never_gives_way_to_flex() {
     // And the flex request finds nothing to take from the priority one.
     assert_eq!(p.admit(), Admitted::default());
 }
+
+#[test]
+fn flex_sits_out_the_step_that_gives_another_tier_its_first_token() {
+    let mut p = Planner::new(16, 400, 8, 64);
+    assert!(!p.only_flex(), "an idle planner has no flex requests");
+    // Two flex streams decoding, a long flex prompt being prefilled.
+    p.enqueue(1, tokens(10, 1), Tier::Flex, None);
+    p.enqueue(2, tokens(10, 2), Tier::Flex, None);
+    p.enqueue(3, tokens(600, 3), Tier::Flex, None);
+    step(&mut p);
+    step(&mut p);
+    assert!(p.only_flex());
+    // A priority prompt arrives: its step is its own.
+    p.enqueue(4, tokens(30, 4), Tier::Priority, None);
+    assert!(!p.only_flex());
+    let plan = step(&mut p);
+    let got: Vec<(SeqId, usize)> = plan.iter().map(|i| (i.id, i.n)).collect();
+    assert_eq!(got, [(4, 30)]);
+    // The next step, flex goes on beside the priority stream's decode.
+    let plan = step(&mut p);
+    let ids: Vec<SeqId> = plan.iter().map(|i| i.id).collect();
+    assert_eq!(ids, [1, 2, 4, 3]);
+    // A default prompt too long to finish in one step does not stop flex.
+    p.enqueue(5, tokens(300, 5), Tier::Default, None);
+    let plan = step(&mut p);
+    assert!(items_of(&plan, 1).is_some() && items_of(&plan, 5).is_some());
+    // Its last chunk does.
+    while p.slot(5).unwrap().computed + 64 < 300 {
+        step(&mut p);
+    }
+    let plan = step(&mut p);
+    assert_eq!(items_of(&plan, 5).map(|i| i.logits), Some(Logits::Last));
+    assert!(
+        plan.iter()
+            .all(|i| p.slot(i.id).unwrap().tier != Tier::Flex),
+        "{plan:?}"
+    );
+}

@@ -113,6 +113,31 @@ pub(crate) fn victim(running: &[Running], tier: Tier) -> Option<usize> {
         })
 }
 
+/// How long after the last request of another tier flex-only steps stay
+/// short ([`step_time`]).
+pub(crate) const FLEX_QUIET: Duration = Duration::from_secs(30);
+
+/// Flex-only steps last this share (one in this many) of the step time
+/// while other tiers are being served.
+pub(crate) const FLEX_STEP_SHARE: u32 = 4;
+
+/// How long the next step may last: `max_step`, except that a step of
+/// flex requests alone, while requests of other tiers were seen in the
+/// last [`FLEX_QUIET`] (`since_others`: how long ago, `None`: never), is
+/// kept to a [`FLEX_STEP_SHARE`] of it, so that such a request arriving
+/// waits little for the step under way. A server that serves flex alone
+/// keeps full steps.
+pub(crate) fn step_time(
+    max_step: Duration,
+    only_flex: bool,
+    since_others: Option<Duration>,
+) -> Duration {
+    match since_others {
+        Some(ago) if only_flex && ago < FLEX_QUIET => max_step / FLEX_STEP_SHARE,
+        _ => max_step,
+    }
+}
+
 /// How many of `max_batch` places flex requests may hold: the rest are
 /// kept for the other tiers, so that they never wait for a place.
 pub(crate) fn flex_places(max_batch: usize) -> usize {
@@ -189,6 +214,15 @@ mod tests {
         // Equal work: the youngest.
         let tie = [r(Tier::Default, 48, 1), r(Tier::Default, 48, 2)];
         assert_eq!(victim(&tie, Tier::Default), Some(1));
+    }
+
+    #[test]
+    fn flex_only_steps_are_short_while_other_tiers_are_served() {
+        let (max, s) = (Duration::from_millis(100), Duration::from_secs);
+        assert_eq!(step_time(max, true, Some(s(1))), Duration::from_millis(25));
+        assert_eq!(step_time(max, true, Some(s(31))), max);
+        assert_eq!(step_time(max, true, None), max);
+        assert_eq!(step_time(max, false, Some(s(1))), max);
     }
 
     #[test]

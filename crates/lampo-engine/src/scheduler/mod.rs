@@ -479,10 +479,18 @@ impl<B: Backend> Worker<'_, B> {
             return cap;
         };
         let since_others = self.others_seen.map(|t| self.cfg.clock.now() - t);
-        let t = policy::step_time(max_step, self.planner.only_flex(), since_others);
-        let decodes = self.planner.plan(&may_sample, 0);
+        let full = self.planner.plan(&may_sample, cap);
+        let (prompts, decodes): (Vec<plan::Item>, Vec<plan::Item>) = full
+            .iter()
+            .partition(|it| self.planner.slot(it.id).is_some_and(|s| !s.decoding()));
         let n_decodes: usize = decodes.iter().map(|it| it.n).sum();
-        let prefilling = self.planner.plan(&may_sample, cap).len() > decodes.len();
+        let prefilling = !prompts.is_empty();
+        let kind = policy::StepKind {
+            only_flex: self.planner.only_flex(),
+            first_token_beside_prefill: prompts.iter().any(|it| it.logits == Logits::Last)
+                && prompts.iter().any(|it| it.logits == Logits::None),
+        };
+        let t = policy::step_time(max_step, kind, since_others);
         // The step as planned at `budget`; with no prompt to prefill, as
         // it would be with a new one (what the forecast wants to know).
         let cost = |budget: usize| {

@@ -121,19 +121,33 @@ pub(crate) const FLEX_QUIET: Duration = Duration::from_secs(30);
 /// while other tiers are being served.
 pub(crate) const FLEX_STEP_SHARE: u32 = 4;
 
-/// How long the next step may last: `max_step`, except that a step of
-/// flex requests alone, while requests of other tiers were seen in the
-/// last [`FLEX_QUIET`] (`since_others`: how long ago, `None`: never), is
-/// kept to a [`FLEX_STEP_SHARE`] of it, so that such a request arriving
-/// waits little for the step under way. A server that serves flex alone
-/// keeps full steps.
+/// What the next step holds, as the choice of its length sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StepKind {
+    /// Every request is flex.
+    pub only_flex: bool,
+    /// A prompt gets its first token while another is still being
+    /// prefilled beside it.
+    pub first_token_beside_prefill: bool,
+}
+
+/// How long the next step may last: `max_step`, except that
+/// - a step of flex requests alone, while requests of other tiers were
+///   seen in the last [`FLEX_QUIET`] (`since_others`: how long ago,
+///   `None`: never), is kept to a [`FLEX_STEP_SHARE`] of it, so that such
+///   a request arriving waits little for the step under way (a server
+///   serving flex alone keeps full steps);
+/// - a step that gives a request its first token beside another prompt's
+///   chunk is kept to half of it: the first token does not wait for a
+///   full chunk of someone else's long prompt.
 pub(crate) fn step_time(
     max_step: Duration,
-    only_flex: bool,
+    kind: StepKind,
     since_others: Option<Duration>,
 ) -> Duration {
     match since_others {
-        Some(ago) if only_flex && ago < FLEX_QUIET => max_step / FLEX_STEP_SHARE,
+        Some(ago) if kind.only_flex && ago < FLEX_QUIET => max_step / FLEX_STEP_SHARE,
+        _ if kind.first_token_beside_prefill => max_step / 2,
         _ => max_step,
     }
 }
@@ -219,10 +233,19 @@ mod tests {
     #[test]
     fn flex_only_steps_are_short_while_other_tiers_are_served() {
         let (max, s) = (Duration::from_millis(100), Duration::from_secs);
-        assert_eq!(step_time(max, true, Some(s(1))), Duration::from_millis(25));
-        assert_eq!(step_time(max, true, Some(s(31))), max);
-        assert_eq!(step_time(max, true, None), max);
-        assert_eq!(step_time(max, false, Some(s(1))), max);
+        let flex = StepKind {
+            only_flex: true,
+            ..StepKind::default()
+        };
+        assert_eq!(step_time(max, flex, Some(s(1))), Duration::from_millis(25));
+        assert_eq!(step_time(max, flex, Some(s(31))), max);
+        assert_eq!(step_time(max, flex, None), max);
+        assert_eq!(step_time(max, StepKind::default(), Some(s(1))), max);
+        let first = StepKind {
+            first_token_beside_prefill: true,
+            ..StepKind::default()
+        };
+        assert_eq!(step_time(max, first, None), Duration::from_millis(50));
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub struct Load {
     pub prefix_hits: u64,
     /// Requests set back to waiting to free KV memory.
     pub preemptions: u64,
-    /// Positions the next step may compute (sized to the step time).
+    /// Positions a step may compute (sized to the step time, as if work
+    /// filled it); 0 until a step has been measured.
     pub step_budget: usize,
     /// Speculative decoding: tokens proposed and accepted, by prompt lookup
     /// and by the draft model.

@@ -531,10 +531,31 @@ fn a_first_token_deadline_the_forecast_cannot_meet_is_refused_at_once() {
     let short = lm.tokenizer.encode("Hello", true, false).unwrap();
     // Before any step is measured there is no forecast: nothing is refused.
     assert_eq!(engine.first_token_eta(Tier::Default, None, 10), None);
-    let (text, _) = submit(&engine, request(long, params(1, SamplingParams::greedy())))
-        .unwrap()
-        .wait();
+    // While the long prompt is computed, the budget published is a
+    // step's capacity from the first measured step on (the prompt's last
+    // chunk is smaller than a step; the budget must not read as the cap).
+    let handle = submit(&engine, request(long, params(1, SamplingParams::greedy()))).unwrap();
+    let (text, seen) = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| handle.wait().0);
+        let mut seen = Vec::new();
+        while !waiter.is_finished() {
+            let b = engine.load().step_budget;
+            if seen.last() != Some(&b) {
+                seen.push(b);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (waiter.join().unwrap(), seen)
+    });
     assert!(!text.is_empty());
+    let settled: Vec<_> = seen
+        .iter()
+        .skip_while(|b| !(80..=100).contains(*b))
+        .collect();
+    assert!(
+        settled.iter().all(|b| (80..=100).contains(*b)),
+        "budgets published: {seen:?}"
+    );
     let budget = wait_for(&engine, "the step budget", |l| l.step_budget > 0).step_budget;
     assert!((80..=100).contains(&budget), "step budget {budget}");
     // A 1 ms deadline cannot be met by a step that takes 100: refused

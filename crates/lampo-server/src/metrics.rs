@@ -86,7 +86,7 @@ pub fn handle() -> &'static PrometheusHandle {
         );
         metrics::describe_gauge!(
             "lampo_step_budget_tokens",
-            "Positions the next step may compute, sized to the step time."
+            "Positions a step may compute, sized to the step time (0: not yet measured)."
         );
         metrics::describe_gauge!(
             "lampo_requests_waiting",

@@ -447,8 +447,16 @@ impl<B: Backend> Worker<'_, B> {
     }
 
     /// Tells the forecast what is queued and what steps cost.
+    /// The budget published is the step's capacity: what fits in the
+    /// step time with a new prompt filling whatever the queued work
+    /// leaves, so it does not read as the cap when the work queued is
+    /// small; 0 until a step has been measured.
     fn publish_forecast(&self) {
-        let budget = self.step_budget(|_| true);
+        let budget = if self.cost.per_position.is_some() {
+            self.sized_budget(|_| true, true)
+        } else {
+            0
+        };
         self.counters.step_budget.store(budget, Ordering::Relaxed);
         let forecast = Forecast {
             step: self.cost.step,
@@ -473,6 +481,13 @@ impl<B: Backend> Worker<'_, B> {
     /// late in a long prompt pays is counted); until the fit is warm, at
     /// the measured cost per position.
     fn step_budget(&self, may_sample: impl Fn(SeqId) -> bool) -> usize {
+        self.sized_budget(may_sample, false)
+    }
+
+    /// [`Worker::step_budget`]; with `filled`, the budget as if a new
+    /// prompt took every position the queued work leaves (the capacity a
+    /// new arrival would share).
+    fn sized_budget(&self, may_sample: impl Fn(SeqId) -> bool, filled: bool) -> usize {
         let cap = self.cfg.step_tokens;
         let floor = MIN_STEP_TOKENS.min(cap);
         let Some(max_step) = self.cfg.max_step_time else {
@@ -491,22 +506,25 @@ impl<B: Backend> Worker<'_, B> {
                 && prompts.iter().any(|it| it.logits == Logits::None),
         };
         let t = policy::step_time(max_step, kind, since_others);
-        // The step as planned at `budget`; with no prompt to prefill, as
-        // it would be with a new one (what the forecast wants to know).
+        // The step as planned at `budget`; with no prompt to prefill (or
+        // `filled`), with a new prompt taking the positions left (what the
+        // forecast wants to know).
         let cost = |budget: usize| {
-            let shape = if prefilling {
-                Shape::of(&self.planner.plan(&may_sample, budget))
+            let mut items = if prefilling {
+                self.planner.plan(&may_sample, budget)
             } else {
-                let mut items = decodes.clone();
+                decodes.clone()
+            };
+            let used: usize = items.iter().map(|it| it.n).sum();
+            if !prefilling || (filled && used < budget) {
                 items.push(plan::Item {
                     id: SeqId::MAX,
                     start: 0,
-                    n: budget.saturating_sub(n_decodes).max(1),
+                    n: budget.saturating_sub(used).max(1),
                     logits: Logits::Last,
                 });
-                Shape::of(&items)
-            };
-            self.model.predict(shape)
+            }
+            self.model.predict(Shape::of(&items))
         };
         match cost(cap) {
             Some(c) if c <= t => cap,

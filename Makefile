@@ -36,10 +36,12 @@ test-models:
 # portable (non-SIMD) path; `lampo serve` driven by the official openai
 # Python SDK (SmolLM2; structured output and tool calls on
 # Qwen2.5-Coder-0.5B); `lampo chat` and serve's logs in a real terminal;
-# the NEON kernels under qemu when it can be installed.
+# the NEON kernels under qemu when it can be installed; the Kubernetes
+# manifests in deploy/ validated offline.
 test: test-models
 	$(CARGO_TEST)
 	scripts/check-no-rebuild
+	scripts/check-deploy
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-kernels
 	LAMPO_PORTABLE=1 cargo test --release -p lampo-engine --test generation
 	scripts/test-openai-sdk

@@ -76,6 +76,13 @@ pub struct ServeArgs {
     /// request's own choice
     #[arg(long, default_value = "default", value_parser = tier)]
     default_service_tier: lampo_engine::Tier,
+    /// Serve requests whose `x-gateway-inference-objective` header (set
+    /// by the Gateway API Inference Extension) names OBJECTIVE in TIER:
+    /// default, flex, priority, or the InferenceObjective's integer
+    /// priority (above 0 priority, 0 default, below 0 flex); repeatable.
+    /// `x-lampo-service-tier` still wins; unmapped objectives are ignored
+    #[arg(long = "objective", value_name = "OBJECTIVE=TIER", value_parser = lampo_server::gateway::Objective::parse)]
+    objectives: Vec<lampo_server::gateway::Objective>,
     /// Seconds a request may take, queueing included (0: no limit)
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
@@ -186,6 +193,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cors_origins: a.cors_origins.clone(),
         body_timeout: Duration::from_secs(a.body_timeout),
         default_service_tier: a.default_service_tier,
+        objectives: a.objectives.clone(),
     };
     let limits = Limits {
         header_timeout: Duration::from_secs(a.header_timeout),

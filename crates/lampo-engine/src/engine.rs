@@ -215,6 +215,7 @@ impl<B: Backend> Engine<B> {
             running_by_tier: tiers(&c.running_by_tier),
             kv_usage: c.blocks_in_use.load(Ordering::Relaxed) as f64
                 / c.blocks_total.load(Ordering::Relaxed).max(1) as f64,
+            kv_blocks: c.blocks_total.load(Ordering::Relaxed),
             prefill_tokens: get(&c.prefill_tokens),
             generated_tokens: get(&c.generated_tokens),
             prefix_queries: get(&c.prefix_queries),

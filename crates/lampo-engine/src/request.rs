@@ -114,6 +114,8 @@ pub struct Load {
     /// Share of the KV cache's blocks in use by requests (0 to 1); blocks
     /// that only keep a prefix for later reuse do not count.
     pub kv_usage: f64,
+    /// KV cache blocks in memory, in use or not.
+    pub kv_blocks: usize,
     /// Prompt positions computed (prefill, including recomputation after
     /// preemption), since the start.
     pub prefill_tokens: u64,

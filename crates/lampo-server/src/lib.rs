@@ -7,6 +7,7 @@
 
 mod bridge;
 pub mod error;
+pub mod gateway;
 pub mod listen;
 mod logprobs;
 pub mod metrics;

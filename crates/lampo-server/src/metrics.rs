@@ -2,10 +2,14 @@
 //! uses: the Gateway API Inference Extension's endpoint picker reads
 //! `vllm:num_requests_waiting`, `vllm:num_requests_running` and
 //! `vllm:kv_cache_usage_perc` (also `vllm:gpu_cache_usage_perc`, its older
-//! name) to route requests, and dashboards built for vLLM read the rest.
+//! name) to route requests, `vllm:cache_config_info` (labels `block_size`
+//! and `num_gpu_blocks`: the KV blocks in memory) for its prefix scorer
+//! and `vllm:lora_requests_info` for LoRA affinity (no adapters are
+//! served yet: `max_lora` 0, empty lists); dashboards built for vLLM read
+//! the rest.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use lampo_engine::{Event, Finish, Load, Tier};
 use metrics::{counter, gauge, histogram};
@@ -100,15 +104,40 @@ pub fn handle() -> &'static PrometheusHandle {
             "vllm:kv_cache_usage_perc",
             "Share of the KV cache in use (1 is full)."
         );
+        metrics::describe_gauge!(
+            "vllm:cache_config_info",
+            "KV cache configuration as labels (block size in tokens, blocks in memory)."
+        );
+        metrics::describe_gauge!(
+            "vllm:lora_requests_info",
+            "LoRA adapters running and waiting as labels; the value is when it was last updated."
+        );
         handle
     })
 }
 
-/// Sets the engine gauges, then renders every metric as Prometheus text.
-pub fn render(model: &str, load: Option<Load>) -> String {
+/// Sets the engine gauges from its `load` and KV `block_size`, then
+/// renders every metric as Prometheus text.
+pub fn render(model: &str, engine: Option<(Load, usize)>) -> String {
     let h = handle();
-    if let Some(load) = load {
+    if let Some((load, block_size)) = engine {
         let label = [("model_name", model.to_string())];
+        let cache = [
+            ("block_size", block_size.to_string()),
+            ("num_gpu_blocks", load.kv_blocks.to_string()),
+            ("cache_dtype", "f16".to_string()),
+            ("enable_prefix_caching", "True".to_string()),
+        ];
+        gauge!("vllm:cache_config_info", &cache).set(1.0);
+        let lora = [
+            ("max_lora", "0".to_string()),
+            ("running_lora_adapters", String::new()),
+            ("waiting_lora_adapters", String::new()),
+        ];
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!("vllm:lora_requests_info", &lora).set(now);
         gauge!("vllm:num_requests_waiting", &label).set(load.waiting as f64);
         gauge!("vllm:num_requests_running", &label).set(load.running as f64);
         gauge!("vllm:kv_cache_usage_perc", &label).set(load.kv_usage);

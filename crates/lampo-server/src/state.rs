@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lampo_engine::{Engine, Tier};
 
 use crate::error::{ApiError, BODY_TIMEOUT};
+use crate::gateway::Objective;
 
 /// How the server answers, set once at start.
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// The tier of requests that ask for `auto` or none.
     pub default_service_tier: Tier,
+    /// InferenceObjective names (from the gateway's objective header) and
+    /// the tier each is served in.
+    pub objectives: Vec<Objective>,
 }
 
 impl ServerConfig {
@@ -41,6 +45,7 @@ impl ServerConfig {
             cors_origins: Vec::new(),
             body_timeout: BODY_TIMEOUT,
             default_service_tier: Tier::Default,
+            objectives: Vec::new(),
         }
     }
 }

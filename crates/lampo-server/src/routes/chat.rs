@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::openai::{AssistantMessage, ChatChoice, ChatRequest, ChatResponse, Usage};
 use crate::state::{AppState, now, random_id};
 use crate::stream::{self, Api};
-use crate::{logprobs, structured, validate};
+use crate::{gateway, logprobs, structured, validate};
 
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest,
     responses((status = 200, description = "A completion, or with `stream: true` server-sent events of chunks ending with `[DONE]`",
@@ -28,10 +28,8 @@ pub(crate) async fn chat_completions(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let tier_header = headers
-        .get(validate::TIER_HEADER)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
-    let g = validate::chat(&state, req, arrived, tier_header).await?;
+    let tier_header = gateway::operator_tier(&headers, &state.config);
+    let g = validate::chat(&state, req, arrived, tier_header.as_deref()).await?;
     let g_tier = g.tier;
     let id = random_id("chatcmpl");
     if g.stream {

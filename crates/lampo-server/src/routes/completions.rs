@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::openai::{CompletionChoice, CompletionRequest, CompletionResponse, Usage};
 use crate::state::{AppState, now, random_id};
 use crate::stream::{self, Api};
-use crate::{logprobs, validate};
+use crate::{gateway, logprobs, validate};
 
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
     responses((status = 200, description = "A completion, or with `stream: true` server-sent events of chunks ending with `[DONE]`",
@@ -28,10 +28,8 @@ pub(crate) async fn completions(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let tier_header = headers
-        .get(validate::TIER_HEADER)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
-    let g = validate::completion(&state, req, arrived, tier_header)?;
+    let tier_header = gateway::operator_tier(&headers, &state.config);
+    let g = validate::completion(&state, req, arrived, tier_header.as_deref())?;
     let g_tier = g.tier;
     let id = random_id("cmpl");
     if g.stream {

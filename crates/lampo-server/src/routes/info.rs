@@ -47,7 +47,11 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain"),
     (status = 401, body = ErrorBody)))]
 pub(crate) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let body = metrics::render(state.model_name(), state.engine.get().map(|e| e.load()));
+    let engine = state
+        .engine
+        .get()
+        .map(|e| (e.load(), e.config().block_size));
+    let body = metrics::render(state.model_name(), engine);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

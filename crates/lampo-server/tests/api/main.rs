@@ -5,6 +5,7 @@
 mod answers;
 mod common;
 mod errors;
+mod gateway;
 mod hardening;
 mod serving;
 mod structured;

@@ -27,9 +27,12 @@ build:
 models:
 	scripts/fetch-models smollm2
 
-# What the tests read: the two reference models and llama.cpp's tokenizer vectors.
+# What the tests read: the reference models, llama.cpp's tokenizer vectors,
+# and the synthetic models of the architectures no package ships (written
+# from a seed; llama.cpp's reference logits on them are in the repo).
 test-models:
 	scripts/fetch-models smollm2 qwen05b gemma270m vocab
+	scripts/make-synthetic
 
 # Every test on the detected SIMD path (then a check that `make run` will
 # not rebuild); the kernels, the ops and a model's generation again on the

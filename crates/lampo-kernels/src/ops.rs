@@ -174,7 +174,66 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// A rotary embedding: pair `i` of each head turns by `pos * scale^i`.
+/// How a model stretches its rotary angles beyond the context it was
+/// trained on, in GGML's formulation (so that results agree with it):
+/// pair `i`'s angle `θ` becomes `θ / factors[i]` ("extrapolated"), then
+/// `freq_scale` times that ("interpolated"); YaRN blends the two per pair
+/// and scales the sines and cosines by `mscale`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    /// Angles are multiplied by this: 1 / the scaling factor for linear and
+    /// YaRN scaling, 1 for none.
+    pub freq_scale: f32,
+    /// Per-pair divisors of the angle (Llama 3's `rope_freqs` tensor).
+    pub freq_factors: Option<Vec<f32>>,
+    pub yarn: Option<Yarn>,
+    /// Sines and cosines are multiplied by this (YaRN's attention factor).
+    pub mscale: f32,
+}
+
+/// YaRN's blend: pairs below `corr_dims[0]` keep their extrapolated angle,
+/// pairs above `corr_dims[1]` take the interpolated one, a linear ramp
+/// between, weighted by `ext_factor`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    pub ext_factor: f32,
+    pub corr_dims: [f32; 2],
+}
+
+impl Yarn {
+    /// The correction range for `dims` rotated dimensions of a model
+    /// trained on `n_ctx_orig` positions: the pairs that turn `beta_fast`
+    /// times and `beta_slow` times over that context.
+    pub fn new(
+        dims: usize,
+        n_ctx_orig: usize,
+        base: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        ext_factor: f32,
+    ) -> Yarn {
+        let corr = |turns: f32| {
+            dims as f32 * (n_ctx_orig as f32 / (turns * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let start = corr(beta_fast).floor();
+        let end = corr(beta_slow).ceil();
+        Yarn {
+            ext_factor,
+            corr_dims: [start.max(0.0), end.min(dims as f32 - 1.0)],
+        }
+    }
+
+    /// How much of pair `i`'s angle stays extrapolated, 0 to 1.
+    fn ramp(&self, i: usize) -> f32 {
+        let [low, high] = self.corr_dims;
+        let y = (i as f32 - low) / (high - low).max(0.001);
+        1.0 - y.clamp(0.0, 1.0)
+    }
+}
+
+/// A rotary embedding: pair `i` of each head turns by `pos * scale^i`
+/// (then as its [`RopeScaling`] says, if it has one).
 #[derive(Clone, Debug)]
 pub struct Rope {
     pub style: RopeStyle,
@@ -182,6 +241,7 @@ pub struct Rope {
     pairs: usize,
     /// `base^(-2/dims)`: each pair turns slower than the one before by this factor.
     scale: f32,
+    scaling: Option<RopeScaling>,
 }
 
 impl Rope {
@@ -191,6 +251,23 @@ impl Rope {
             style,
             pairs: dims / 2,
             scale: base.powf(-2.0 / dims as f32),
+            scaling: None,
+        }
+    }
+
+    /// As [`Rope::new`], with `scaling` (whose `freq_factors`, if any, must
+    /// hold one divisor per pair).
+    pub fn scaled(style: RopeStyle, dims: usize, base: f32, scaling: RopeScaling) -> Rope {
+        assert!(
+            scaling
+                .freq_factors
+                .as_ref()
+                .is_none_or(|f| f.len() == dims / 2),
+            "one RoPE frequency factor per rotated pair"
+        );
+        Rope {
+            scaling: Some(scaling),
+            ..Rope::new(style, dims, base)
         }
     }
 
@@ -204,8 +281,33 @@ impl Rope {
     /// as GGML computes them, so that rounding agrees with the reference.
     pub fn fill(&self, pos: usize, sin: &mut [f32], cos: &mut [f32]) {
         let mut theta = pos as f32;
-        for (s, c) in sin.iter_mut().zip(cos.iter_mut()).take(self.pairs) {
-            (*s, *c) = theta.sin_cos();
+        let Some(s) = &self.scaling else {
+            for (s, c) in sin.iter_mut().zip(cos.iter_mut()).take(self.pairs) {
+                (*s, *c) = theta.sin_cos();
+                theta *= self.scale;
+            }
+            return;
+        };
+        for (i, (sn, cs)) in sin
+            .iter_mut()
+            .zip(cos.iter_mut())
+            .take(self.pairs)
+            .enumerate()
+        {
+            let extrapolated = theta / s.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+            let interpolated = s.freq_scale * extrapolated;
+            let (angle, mscale) = match &s.yarn {
+                Some(y) if y.ext_factor != 0.0 => {
+                    let mix = y.ramp(i) * y.ext_factor;
+                    (
+                        interpolated * (1.0 - mix) + extrapolated * mix,
+                        s.mscale * (1.0 + 0.1 * (1.0 / s.freq_scale).ln()),
+                    )
+                }
+                _ => (interpolated, s.mscale),
+            };
+            let (a, b) = angle.sin_cos();
+            (*sn, *cs) = (a * mscale, b * mscale);
             theta *= self.scale;
         }
     }
@@ -288,6 +390,7 @@ mod tests {
                 style,
                 pairs: 2,
                 scale: 0.0,
+                scaling: None,
             }
             .apply(&mut x, 4, 1);
             x
@@ -318,6 +421,80 @@ mod tests {
             (x[2] - angle.cos()).abs() < 1e-5 && (x[3] - angle.sin()).abs() < 1e-5,
             "{x:?}"
         );
+    }
+
+    fn angles(rope: &Rope, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut sin, mut cos) = (vec![0f32; rope.pairs()], vec![0f32; rope.pairs()]);
+        rope.fill(pos, &mut sin, &mut cos);
+        (sin, cos)
+    }
+
+    #[test]
+    fn rope_scaling_stretches_the_angles_it_names() {
+        let plain = Rope::new(RopeStyle::Halves, 16, 10_000.0);
+        let scaled = |freq_factors, freq_scale, yarn| {
+            let scaling = RopeScaling {
+                freq_scale,
+                freq_factors,
+                yarn,
+                mscale: 1.0,
+            };
+            Rope::scaled(RopeStyle::Halves, 16, 10_000.0, scaling)
+        };
+        // No-op scaling is bit-identical to none.
+        let identity = scaled(Some(vec![1.0; 8]), 1.0, None);
+        for pos in [0, 1, 77, 4000] {
+            assert_eq!(angles(&identity, pos), angles(&plain, pos));
+        }
+        // Linear scaling by 4: position 4p turns exactly as p did.
+        let linear = scaled(None, 0.25, None);
+        assert_eq!(angles(&linear, 4 * 123), angles(&plain, 123));
+        // A factor of 8 on the last pair (Llama 3's low frequencies) only.
+        let mut f = vec![1.0; 8];
+        f[7] = 8.0;
+        let llama3 = scaled(Some(f), 1.0, None);
+        let (s8, c8) = angles(&llama3, 8 * 50);
+        let (s1, c1) = angles(&plain, 50);
+        assert_eq!((s8[7], c8[7]), (s1[7], c1[7]));
+        let (s_same, _) = angles(&plain, 8 * 50);
+        assert_eq!(s8[..7], s_same[..7]);
+        // YaRN: pairs below the correction range keep their angle, pairs above
+        // are interpolated, and every sine/cosine pair grows by the same mscale.
+        let yarn = Yarn {
+            ext_factor: 1.0,
+            corr_dims: [2.0, 5.0],
+        };
+        let y = scaled(None, 0.25, Some(yarn));
+        let (sy, cy) = angles(&y, 4 * 31);
+        let (sp, cp) = angles(&plain, 4 * 31);
+        let (sl, cl) = angles(&linear, 4 * 31);
+        let m = 1.0 + 0.1 * 4f32.ln();
+        for i in 0..8 {
+            let r = (sy[i] * sy[i] + cy[i] * cy[i]).sqrt();
+            assert!((r - m).abs() < 1e-5, "pair {i}: magnitude {r}, want {m}");
+        }
+        for i in 0..=2 {
+            assert!((sy[i] - sp[i] * m).abs() < 1e-5 && (cy[i] - cp[i] * m).abs() < 1e-5);
+        }
+        for i in 5..8 {
+            assert!((sy[i] - sl[i] * m).abs() < 1e-5 && (cy[i] - cl[i] * m).abs() < 1e-5);
+        }
+        // Ramp between: neither.
+        assert!((sy[3] - sp[3] * m).abs() > 1e-3 && (sy[3] - sl[3] * m).abs() > 1e-3);
+    }
+
+    #[test]
+    fn yarn_correction_range_matches_the_formula() {
+        // dims 128, trained on 4096 positions, base 10000, betas 32 and 1.
+        let y = Yarn::new(128, 4096, 10_000.0, 32.0, 1.0, 1.0);
+        let corr = |turns: f64| {
+            128.0 * (4096.0 / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * 10_000f64.ln())
+        };
+        assert_eq!(
+            y.corr_dims,
+            [corr(32.0).floor() as f32, corr(1.0).ceil() as f32]
+        );
+        assert_eq!(y.corr_dims, [20.0, 46.0]);
     }
 
     #[test]

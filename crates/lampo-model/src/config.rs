@@ -3,6 +3,7 @@
 use crate::ModelError;
 use crate::arch::{self, ArchSpec};
 use crate::gguf::{Gguf, Value};
+use crate::rope::RopeScalingConfig;
 
 /// The shape of a decoder-only transformer, as its GGUF file describes it.
 #[derive(Clone, Debug)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub rope_base: f32,
     /// Dimensions of each head that are rotated.
     pub rope_dims: usize,
+    /// Context extension of the rotation (linear, YaRN), as the metadata says.
+    pub rope_scaling: RopeScalingConfig,
     pub rms_eps: f32,
     /// What differs between architecture families.
     pub spec: ArchSpec,
@@ -57,6 +60,13 @@ impl Config {
             .tensor("token_embd.weight")
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         let n_vocab = embd.shape.get(1).copied().unwrap_or(0) as usize;
+        let n_ctx_train = meta_usize(g, &key("context_length"))?;
+        if meta_f32_or(g, &key("attention.scale"), 0.0)? != 0.0 {
+            return Err(ModelError::Config(format!(
+                "{} (a custom attention scale) is not supported",
+                key("attention.scale")
+            )));
+        }
         let config = Config {
             name: g
                 .get("general.name")
@@ -69,9 +79,10 @@ impl Config {
             n_head_kv,
             head_dim,
             n_vocab,
-            n_ctx_train: meta_usize(g, &key("context_length"))?,
+            n_ctx_train,
             rope_base: meta_f32_or(g, &key("rope.freq_base"), 10_000.0)?,
             rope_dims,
+            rope_scaling: RopeScalingConfig::from_gguf(g, &arch, n_ctx_train)?,
             rms_eps: meta_f32(g, &key("attention.layer_norm_rms_epsilon"))?,
             spec,
             arch,

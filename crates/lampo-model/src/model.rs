@@ -162,12 +162,15 @@ impl<B: Backend> Model<B> {
                 range: t.offset..t.offset + t.size,
             })
         };
-        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelError> {
+        let host_vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
             let t = tensor(&file, name)?;
             check_shape(t, &[len as u64])?;
             let mut out = vec![0f32; len];
             dequantize_row(t.dtype, file.data(t), &mut out);
-            Ok(backend.vector(&out))
+            Ok(out)
+        };
+        let vector = |name: &str, len: usize| -> Result<B::Vector, ModelError> {
+            Ok(backend.vector(&host_vector(name, len)?))
         };
         let mut step_bytes = 0u64;
         let mut matrix = |name: &str, cols: usize, rows: usize| -> Result<B::Matrix, ModelError> {
@@ -231,7 +234,28 @@ impl<B: Backend> Model<B> {
             Some(_) => matrix("output.weight", d, c.n_vocab)?,
             None => matrix("token_embd.weight", d, c.n_vocab)?,
         };
-        let rope = Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base);
+        // Per-pair divisors of the rotation (Llama 3.x RoPE scaling), shared
+        // by every layer; the sliding-window layers of the families that
+        // have them rotate unscaled, as llama.cpp does.
+        let freq_factors = match file.gguf.tensor("rope_freqs.weight") {
+            Some(_) => Some(host_vector("rope_freqs.weight", c.rope_dims / 2)?),
+            None => None,
+        };
+        if freq_factors
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|&x| !(x.is_finite() && x > 0.0)))
+        {
+            return Err(ModelError::Config(
+                "rope_freqs holds a factor that is not a positive number".into(),
+            ));
+        }
+        let rope = match c
+            .rope_scaling
+            .for_rope(c.rope_dims, c.rope_base, freq_factors)
+        {
+            Some(s) => Rope::scaled(c.spec.rope_style, c.rope_dims, c.rope_base, s),
+            None => Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base),
+        };
         let local_rope = c
             .spec
             .sliding_window

@@ -141,6 +141,65 @@ fn a_well_formed_tiny_model_loads_and_runs() {
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }
 
+/// RoPE scaling metadata is applied or refused by name, never ignored.
+#[test]
+fn rope_scaling_is_applied_or_refused() {
+    let runs = |w: &Writer, name: &str| {
+        let model = load_model(&w.bytes(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut kv = model.kv_cache(8);
+        let logits = model
+            .forward(&[1, 2, 3], &mut kv, lampo_model::Logits::All)
+            .unwrap();
+        assert!(logits.iter().all(|l| l.is_finite()), "{name}");
+    };
+    let refused = |w: &Writer, name: &str, want: &str| {
+        let err = load_model(&w.bytes(), name).err().unwrap().to_string();
+        assert!(err.contains(want), "{name}: {err}");
+    };
+
+    let mut w = tiny_llama();
+    w.kv_str("llama.rope.scaling.type", "yarn")
+        .kv_f32("llama.rope.scaling.factor", 4.0)
+        .kv_u32("llama.rope.scaling.original_context_length", 32);
+    runs(&w, "yarn");
+    let cfg = load_model(&w.bytes(), "yarn-config").unwrap().config;
+    assert_eq!(
+        (cfg.rope_scaling.freq_scale, cfg.rope_scaling.n_ctx_orig),
+        (0.25, 32)
+    );
+    let mut w = tiny_llama();
+    w.kv_str("llama.rope.scaling.type", "linear")
+        .kv_f32("llama.rope.scaling.factor", 2.0);
+    runs(&w, "linear");
+    // Llama 3.x: one divisor per rotated pair (head size 8: 4 pairs).
+    let mut w = tiny_llama();
+    w.tensor("rope_freqs.weight", &[4], 2.0);
+    runs(&w, "rope-freqs");
+
+    let mut w = tiny_llama();
+    w.kv_str("llama.rope.scaling.type", "longrope");
+    refused(&w, "longrope", "LongRoPE scaling");
+    let mut w = tiny_llama();
+    w.kv_str("llama.rope.scaling.type", "ntk-magic");
+    refused(
+        &w,
+        "unknown-scaling",
+        "unknown RoPE scaling type 'ntk-magic'",
+    );
+    let mut w = tiny_llama();
+    w.kv_f32("llama.rope.scaling.factor", -2.0);
+    refused(&w, "negative-factor", "negative");
+    let mut w = tiny_llama();
+    w.tensor("rope_freqs.weight", &[3], 2.0);
+    refused(&w, "rope-freqs-shape", "rope_freqs.weight");
+    let mut w = tiny_llama();
+    w.tensor("rope_freqs.weight", &[4], 0.0);
+    refused(&w, "rope-freqs-zero", "not a positive number");
+    let mut w = tiny_llama();
+    w.kv_f32("llama.attention.scale", 0.5);
+    refused(&w, "attention-scale", "custom attention scale");
+}
+
 #[test]
 fn every_truncation_is_an_error() {
     let bytes = tiny_llama().bytes();

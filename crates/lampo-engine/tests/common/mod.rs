@@ -82,3 +82,18 @@ impl Solo {
         panic!("the engine ended a request without telling it")
     }
 }
+
+/// Loads a synthetic model written by `scripts/make-synthetic`
+/// (`models/synthetic/{name}.gguf`).
+#[allow(dead_code)]
+pub fn load_synthetic(name: &str, backend: lampo_kernels::Cpu) -> (LoadedModel, Vec<u8>) {
+    let path = models_dir().join("synthetic").join(format!("{name}.gguf"));
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/make-synthetic",
+        path.display()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let lm = LoadedModel::load_with(&path, backend).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (lm, bytes)
+}

@@ -7,6 +7,7 @@
 mod gemma3;
 mod llama;
 mod qwen2;
+mod qwen3;
 
 use lampo_kernels::ops::RopeStyle;
 
@@ -60,12 +61,13 @@ impl ArchSpec {
 }
 
 /// The families Lampo runs.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 pub fn spec_for(arch: &str, g: &Gguf) -> Result<ArchSpec, ModelError> {
     match arch {
         "llama" => llama::spec(g),
         "qwen2" => qwen2::spec(g),
+        "qwen3" => qwen3::spec(g),
         "gemma3" => gemma3::spec(g),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }

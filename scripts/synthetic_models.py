@@ -1,0 +1,164 @@
+"""Synthetic GGUF models for architectures no package ships (run through
+scripts/make-synthetic, which pins gguf and numpy).
+
+Each model is described by a dict in MODELS: its architecture, the vocab file
+whose tokenizer it borrows, its shape and its RoPE scaling. Weights are drawn
+from a seeded generator with scales chosen so that every layer changes the
+residual stream as much as a trained one does (unit-variance projections),
+attention is sharp (scores with a spread of several units), and the logits
+are peaked, so that a wrong rotation, norm or head layout changes the
+argmax instead of hiding in flat noise. Matrices are stored as Q8_0, norms
+and RoPE factors as F32.
+"""
+import math
+import os
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS_DIR = os.environ.get("LAMPO_MODELS", os.path.join(ROOT, "models"))
+OUT_DIR = os.path.join(MODELS_DIR, "synthetic")
+
+MODELS = {
+    # Qwen3 dense: per-head Q/K RMSNorm, no QKV bias, NeoX rotation, a head
+    # size (key_length) that is not width / heads, tied output.
+    "qwen3-tiny": dict(arch="qwen3", vocab="qwen2", seed=3, n_embd=64, n_head=4, n_head_kv=2,
+                       head_dim=64, n_ff=192, n_layer=3, ctx=40960, rope_base=1_000_000.0,
+                       eps=1e-6, tied=True),
+    # Llama 3.x: llama3-type RoPE scaling stored as the rope_freqs tensor
+    # (factor 8, low/high frequency factors 1 and 4) over an original
+    # context short enough that test prompts run past it; GQA 4:1; untied.
+    "llama3-tiny": dict(arch="llama", vocab="llama-bpe", seed=31, n_embd=64, n_head=4, n_head_kv=1,
+                        head_dim=32, n_ff=192, n_layer=3, ctx=131072, rope_base=500_000.0,
+                        eps=1e-5, tied=False,
+                        llama3_rope=dict(factor=8.0, low=1.0, high=4.0, original=128)),
+    # Qwen3 with YaRN context extension (factor 4 over 128 positions), as
+    # Qwen's long-context files ask for it in their metadata.
+    "qwen3-yarn-tiny": dict(arch="qwen3", vocab="qwen2", seed=7, n_embd=64, n_head=4, n_head_kv=2,
+                            head_dim=32, n_ff=192, n_layer=3, ctx=512, rope_base=10_000.0,
+                            eps=1e-6, tied=True, yarn=dict(factor=4.0, original=128)),
+}
+
+
+def llama3_factors(head_dim, base, factor, low, high, original):
+    """The per-pair divisors of Llama 3's RoPE scaling, as convert_hf_to_gguf
+    stores them in rope_freqs: 1 for high frequencies, `factor` for low ones,
+    a smooth blend between."""
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / base ** (i / head_dim)
+        wavelen = 2 * math.pi / freq
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def copy_tokenizer(writer, vocab_path):
+    reader = gguf.GGUFReader(vocab_path)
+    n_vocab = None
+    for name, field in reader.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        main = field.types[0]
+        value = field.contents()
+        if main == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, value, main, sub_type=field.types[-1])
+            if name == "tokenizer.ggml.tokens":
+                n_vocab = len(value)
+        else:
+            writer.add_key_value(name, value, main)
+    return n_vocab
+
+
+def write(name, m):
+    rng = np.random.default_rng(m["seed"])
+    d, hd, nh, nkv, ff = m["n_embd"], m["head_dim"], m["n_head"], m["n_head_kv"], m["n_ff"]
+    arch = m["arch"]
+    path = os.path.join(OUT_DIR, f"{name}.gguf")
+    tmp = path + ".partial"
+    w = gguf.GGUFWriter(tmp, arch)
+    w.add_name(f"Lampo synthetic {name}")
+    vocab_path = os.path.join(MODELS_DIR, "vocab", f"ggml-vocab-{m['vocab']}.gguf")
+    n_vocab = copy_tokenizer(w, vocab_path)
+    w.add_block_count(m["n_layer"])
+    w.add_context_length(m["ctx"])
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(m["rope_base"])
+    w.add_layer_norm_rms_eps(m["eps"])
+    if "yarn" in m:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(m["yarn"]["factor"])
+        w.add_rope_scaling_orig_ctx_len(m["yarn"]["original"])
+
+    def normal(rows, cols, std):
+        return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+
+    def matrix(tname, rows, cols, std):
+        w.add_tensor(tname, gguf.quants.quantize(normal(rows, cols, std), Q.Q8_0), raw_dtype=Q.Q8_0)
+
+    def gains(tname, n, lo, hi):
+        w.add_tensor(tname, rng.uniform(lo, hi, n).astype(np.float32))
+
+    # A tied table is also the output matrix: small enough that the layers,
+    # not the input token's own row, decide the next token.
+    matrix("token_embd.weight", n_vocab, d, 0.7 if m["tied"] else 1.0)
+    gains("output_norm.weight", d, 0.8, 1.2)
+    if not m["tied"]:
+        matrix("output.weight", n_vocab, d, 8.0 / math.sqrt(d))
+    if "llama3_rope" in m:
+        r = m["llama3_rope"]
+        w.add_tensor("rope_freqs.weight",
+                     llama3_factors(hd, m["rope_base"], r["factor"], r["low"], r["high"], r["original"]))
+    qk_norm = arch == "qwen3"
+    for i in range(m["n_layer"]):
+        b = f"blk.{i}."
+        gains(b + "attn_norm.weight", d, 0.8, 1.2)
+        # Without per-head norms, larger query/key weights make attention sharp.
+        qk_std = (1.0 if qk_norm else 2.5) / math.sqrt(d)
+        matrix(b + "attn_q.weight", nh * hd, d, qk_std)
+        matrix(b + "attn_k.weight", nkv * hd, d, qk_std)
+        matrix(b + "attn_v.weight", nkv * hd, d, 1.0 / math.sqrt(d))
+        matrix(b + "attn_output.weight", d, nh * hd, 1.0 / math.sqrt(nh * hd))
+        if qk_norm:
+            gains(b + "attn_q_norm.weight", hd, 1.5, 3.0)
+            gains(b + "attn_k_norm.weight", hd, 1.5, 3.0)
+        gains(b + "ffn_norm.weight", d, 0.8, 1.2)
+        matrix(b + "ffn_gate.weight", ff, d, 1.0 / math.sqrt(d))
+        matrix(b + "ffn_up.weight", ff, d, 1.0 / math.sqrt(d))
+        matrix(b + "ffn_down.weight", d, ff, 1.0 / math.sqrt(ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+    return path
+
+
+def main():
+    os.makedirs(OUT_DIR, exist_ok=True)
+    names = sys.argv[1:] or list(MODELS)
+    for name in names:
+        if name not in MODELS:
+            sys.exit(f"unknown synthetic model {name!r}; known: {', '.join(MODELS)}")
+        path = os.path.join(OUT_DIR, f"{name}.gguf")
+        if os.path.exists(path) and os.environ.get("LAMPO_SYNTHETIC_REBUILD") != "1":
+            continue
+        print(f"writing {write(name, MODELS[name])}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

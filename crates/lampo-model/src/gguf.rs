@@ -65,6 +65,10 @@ pub enum GgufError {
     #[error("tensor '{name}' has unknown or unsupported type id {ty}")]
     UnknownTensorType { name: String, ty: u32 },
     #[error(
+        "tensor '{name}' is stored as {format}, a format Lampo does not run yet (it runs F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+    )]
+    UnsupportedFormat { name: String, format: &'static str },
+    #[error(
         "tensor '{name}' of type {dtype} has rows of {row} values, not a multiple of its block size {block}"
     )]
     PartialBlock {
@@ -429,7 +433,10 @@ impl Gguf {
                 return Err(GgufError::BadShape { name, shape });
             };
             let Some(dtype) = DType::from_ggml(ty) else {
-                return Err(GgufError::UnknownTensorType { name, ty });
+                return Err(match ggml_format_name(ty) {
+                    Some(format) => GgufError::UnsupportedFormat { name, format },
+                    None => GgufError::UnknownTensorType { name, ty },
+                });
             };
             if shape[0] % dtype.block_len() as u64 != 0 {
                 return Err(GgufError::PartialBlock {
@@ -562,4 +569,33 @@ impl lampo_kernels::Mapping for GgufFile {
     fn release(&self, range: std::ops::Range<usize>) {
         GgufFile::release(self, range.start, range.len());
     }
+}
+
+/// GGML's names of the tensor types Lampo does not run, so that a file in
+/// one is refused by name.
+fn ggml_format_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
 }

@@ -329,6 +329,13 @@ fn unknown_and_wrong_types() {
             .contains("unknown or unsupported type id 77"),
         "{err}"
     );
+    // A known GGML format Lampo does not run yet is named.
+    b[ty_at..ty_at + 4].copy_from_slice(&11u32.to_le_bytes());
+    let err = Gguf::parse(&b).unwrap_err().to_string();
+    assert!(
+        err.contains("tensor 't' is stored as Q3_K, a format Lampo does not run yet"),
+        "{err}"
+    );
 
     // Metadata of the wrong type: a string where a count belongs.
     let mut w = tiny_llama();

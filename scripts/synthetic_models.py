@@ -9,6 +9,12 @@ attention is sharp (scores with a spread of several units), and the logits
 are peaked, so that a wrong rotation, norm or head layout changes the
 argmax instead of hiding in flat noise. Matrices are stored as Q8_0, norms
 and RoPE factors as F32.
+
+One model is scripted instead (qwen3-think-tiny): its layers barely touch the
+residual stream and its output matrix maps each token of a script to the next,
+a bigram table, so that greedy decoding writes a known reasoning answer; it
+carries the real Qwen3 chat template and Qwen3's added tokens, for the tests of
+reasoning and tool calls through the API.
 """
 import math
 import os
@@ -21,6 +27,11 @@ from gguf import GGMLQuantizationType as Q
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.environ.get("LAMPO_MODELS", os.path.join(ROOT, "models"))
 OUT_DIR = os.path.join(MODELS_DIR, "synthetic")
+
+# Qwen3's tokens beyond Qwen2's that its template writes, in the slots the
+# Qwen2 vocabulary pads (user-defined tokens, as Qwen3's GGUFs mark them).
+QWEN3_ADDED = {151657: "<tool_call>", 151658: "</tool_call>", 151665: "<tool_response>",
+               151666: "</tool_response>", 151667: "<think>", 151668: "</think>"}
 
 MODELS = {
     # Qwen3 dense: per-head Q/K RMSNorm, no QKV bias, NeoX rotation, a head
@@ -40,6 +51,16 @@ MODELS = {
     "qwen3-yarn-tiny": dict(arch="qwen3", vocab="qwen2", seed=7, n_embd=64, n_head=4, n_head_kv=2,
                             head_dim=32, n_ff=192, n_layer=3, ctx=512, rope_base=10_000.0,
                             eps=1e-6, tied=True, yarn=dict(factor=4.0, original=128)),
+    # Qwen3 answering by script: after the generation prompt's newline it
+    # writes "<think>Let me think.</think>\n\nParis<|im_end|>"; after "\n\n",
+    # where Paris is not allowed (a grammar), "<tool_call>" or "{" come next.
+    "qwen3-think-tiny": dict(arch="qwen3", vocab="qwen2", seed=11, n_embd=64, n_head=4, n_head_kv=2,
+                             head_dim=16, n_ff=128, n_layer=2, ctx=4096, rope_base=1_000_000.0,
+                             eps=1e-6, tied=False, template="Qwen-Qwen3-0.6B.jinja",
+                             added_tokens=QWEN3_ADDED, eos=151645,
+                             script=["Ċ", "<think>", "Let", "Ġme", "Ġthink", ".", "</think>", "ĊĊ",
+                                     "Paris", "<|im_end|>"],
+                             second=[("ĊĊ", "<tool_call>"), ("ĊĊ", "{")]),
 }
 
 
@@ -61,21 +82,33 @@ def llama3_factors(head_dim, base, factor, low, high, original):
     return np.array(out, dtype=np.float32)
 
 
-def copy_tokenizer(writer, vocab_path):
+def copy_tokenizer(writer, vocab_path, m):
+    """Copies the vocab file's tokenizer, with the model's added tokens, end
+    token and chat template in place of the file's. Returns the token list."""
     reader = gguf.GGUFReader(vocab_path)
-    n_vocab = None
+    tokens = None
+    overrides = {}
+    if "eos" in m:
+        overrides["tokenizer.ggml.eos_token_id"] = (m["eos"], gguf.GGUFValueType.UINT32)
+    if "template" in m:
+        with open(os.path.join(MODELS_DIR, "vocab", "templates", m["template"])) as f:
+            overrides["tokenizer.chat_template"] = (f.read(), gguf.GGUFValueType.STRING)
     for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
+        if not name.startswith("tokenizer.") or name in overrides:
             continue
         main = field.types[0]
         value = field.contents()
         if main == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(name, value, main, sub_type=field.types[-1])
             if name == "tokenizer.ggml.tokens":
-                n_vocab = len(value)
+                for i, text in m.get("added_tokens", {}).items():
+                    value[i] = text
+                tokens = value
+            writer.add_key_value(name, value, main, sub_type=field.types[-1])
         else:
             writer.add_key_value(name, value, main)
-    return n_vocab
+    for name, (value, kind) in overrides.items():
+        writer.add_key_value(name, value, kind)
+    return tokens
 
 
 def write(name, m):
@@ -87,7 +120,8 @@ def write(name, m):
     w = gguf.GGUFWriter(tmp, arch)
     w.add_name(f"Lampo synthetic {name}")
     vocab_path = os.path.join(MODELS_DIR, "vocab", f"ggml-vocab-{m['vocab']}.gguf")
-    n_vocab = copy_tokenizer(w, vocab_path)
+    tokens = copy_tokenizer(w, vocab_path, m)
+    n_vocab = len(tokens)
     w.add_block_count(m["n_layer"])
     w.add_context_length(m["ctx"])
     w.add_embedding_length(d)
@@ -113,12 +147,35 @@ def write(name, m):
     def gains(tname, n, lo, hi):
         w.add_tensor(tname, rng.uniform(lo, hi, n).astype(np.float32))
 
-    # A tied table is also the output matrix: small enough that the layers,
-    # not the input token's own row, decide the next token.
-    matrix("token_embd.weight", n_vocab, d, 0.7 if m["tied"] else 1.0)
-    gains("output_norm.weight", d, 0.8, 1.2)
-    if not m["tied"]:
-        matrix("output.weight", n_vocab, d, 8.0 / math.sqrt(d))
+    scripted = "script" in m
+    if scripted:
+        # The input token's own row decides the next token: the embedding
+        # passes the layers almost untouched, and each scripted token's
+        # successor gets an output row along it (logit 10; a second choice
+        # 5, for when a grammar bans the first), the rest noise below 1.
+        embd = normal(n_vocab, d, 1.0)
+        quant = gguf.quants.quantize(embd, Q.Q8_0)
+        w.add_tensor("token_embd.weight", quant, raw_dtype=Q.Q8_0)
+        w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+        h = gguf.quants.dequantize(quant, Q.Q8_0)
+        h = h / np.sqrt(np.mean(h * h, axis=1, keepdims=True) + m["eps"])
+        out = normal(n_vocab, d, 0.01)
+        ids = {t: i for i, t in enumerate(tokens)}
+        links = [(a, b, 10.0) for a, b in zip(m["script"], m["script"][1:])]
+        links += [(a, b, 5.0) for a, b in m["second"]]
+        for a, b, logit in links:
+            row = h[ids[a]]
+            out[ids[b]] += logit * row / np.dot(row, row)
+        w.add_tensor("output.weight", gguf.quants.quantize(out, Q.Q8_0), raw_dtype=Q.Q8_0)
+    else:
+        # A tied table is also the output matrix: small enough that the
+        # layers, not the input token's own row, decide the next token.
+        matrix("token_embd.weight", n_vocab, d, 0.7 if m["tied"] else 1.0)
+        gains("output_norm.weight", d, 0.8, 1.2)
+        if not m["tied"]:
+            matrix("output.weight", n_vocab, d, 8.0 / math.sqrt(d))
+    # A scripted model's layers write almost nothing into the stream.
+    quiet = 0.01 if scripted else 1.0
     if "llama3_rope" in m:
         r = m["llama3_rope"]
         w.add_tensor("rope_freqs.weight",
@@ -132,14 +189,14 @@ def write(name, m):
         matrix(b + "attn_q.weight", nh * hd, d, qk_std)
         matrix(b + "attn_k.weight", nkv * hd, d, qk_std)
         matrix(b + "attn_v.weight", nkv * hd, d, 1.0 / math.sqrt(d))
-        matrix(b + "attn_output.weight", d, nh * hd, 1.0 / math.sqrt(nh * hd))
+        matrix(b + "attn_output.weight", d, nh * hd, quiet / math.sqrt(nh * hd))
         if qk_norm:
             gains(b + "attn_q_norm.weight", hd, 1.5, 3.0)
             gains(b + "attn_k_norm.weight", hd, 1.5, 3.0)
         gains(b + "ffn_norm.weight", d, 0.8, 1.2)
         matrix(b + "ffn_gate.weight", ff, d, 1.0 / math.sqrt(d))
         matrix(b + "ffn_up.weight", ff, d, 1.0 / math.sqrt(d))
-        matrix(b + "ffn_down.weight", d, ff, 1.0 / math.sqrt(ff))
+        matrix(b + "ffn_down.weight", d, ff, quiet / math.sqrt(ff))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

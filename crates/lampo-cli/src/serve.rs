@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// `x-lampo-service-tier` still wins; unmapped objectives are ignored
     #[arg(long = "objective", value_name = "OBJECTIVE=TIER", value_parser = lampo_server::gateway::Objective::parse)]
     objectives: Vec<lampo_server::gateway::Objective>,
+    /// How chat answers return a reasoning model's thinking (Qwen3's
+    /// `<think>` block): parsed (in `reasoning_content`, the answer alone
+    /// in `content`), raw (left in `content`, tags and all) or hidden
+    /// (dropped); a request's `reasoning_format` overrides it
+    #[arg(long, default_value = "parsed", value_parser = lampo_server::ReasoningFormat::parse)]
+    reasoning_format: lampo_server::ReasoningFormat,
     /// Seconds a request may take, queueing included (0: no limit)
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
@@ -194,6 +200,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         body_timeout: Duration::from_secs(a.body_timeout),
         default_service_tier: a.default_service_tier,
         objectives: a.objectives.clone(),
+        reasoning_format: a.reasoning_format,
     };
     let limits = Limits {
         header_timeout: Duration::from_secs(a.header_timeout),

@@ -10,6 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use lampo_kernels::Backend;
+use lampo_model::reasoning::Reasoning;
 use lampo_model::tools::json_layout;
 use lampo_model::{LoadedModel, TokenKind};
 use llguidance::api::TopLevelGrammar;
@@ -26,22 +27,54 @@ pub enum Grammar {
     JsonSchema(Value),
     /// A grammar in llguidance's Lark syntax (`%json {...}` embeds a schema).
     Lark(String),
+    /// `answer`, after a reasoning block the model may write first (must
+    /// finish first, when `inside`: the prompt opened it).
+    AfterReasoning {
+        reasoning: Reasoning,
+        inside: bool,
+        answer: Box<Grammar>,
+    },
+}
+
+/// Python's layout, and no free whitespace, which a small model could
+/// otherwise fill until its token limit.
+fn with_layout(mut schema: Value) -> Value {
+    if let Value::Object(map) = &mut schema
+        && !map.contains_key("x-guidance")
+    {
+        map.insert("x-guidance".into(), json_layout());
+    }
+    schema
 }
 
 impl Grammar {
+    /// The JSON schema the output (after any reasoning) must match, if
+    /// it is one.
+    fn schema(&self) -> Option<&Value> {
+        match self {
+            Grammar::JsonSchema(s) => Some(s),
+            Grammar::Lark(_) => None,
+            Grammar::AfterReasoning { answer, .. } => answer.schema(),
+        }
+    }
+
+    /// The grammar as Lark text.
+    fn lark(self) -> String {
+        match self {
+            Grammar::JsonSchema(schema) => format!("start: %json {}\n", with_layout(schema)),
+            Grammar::Lark(text) => text,
+            Grammar::AfterReasoning {
+                reasoning,
+                inside,
+                answer,
+            } => reasoning.grammar(&answer.lark(), inside),
+        }
+    }
+
     fn into_llguidance(self) -> TopLevelGrammar {
         match self {
-            Grammar::JsonSchema(mut schema) => {
-                // Python's layout, and no free whitespace, which a small
-                // model could otherwise fill until its token limit.
-                if let Value::Object(map) = &mut schema
-                    && !map.contains_key("x-guidance")
-                {
-                    map.insert("x-guidance".into(), json_layout());
-                }
-                TopLevelGrammar::from_json_schema(schema)
-            }
-            Grammar::Lark(text) => TopLevelGrammar::from_lark(text),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(with_layout(schema)),
+            other => TopLevelGrammar::from_lark(other.lark()),
         }
     }
 }
@@ -133,7 +166,7 @@ impl<B: Backend> Compiler<B> {
             .get_or_init(|| factory(&self.model))
             .as_ref()
             .map_err(Clone::clone)?;
-        if let Grammar::JsonSchema(s) = &grammar {
+        if let Some(s) = grammar.schema() {
             schema::check(s)?;
         }
         let parser = factory

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::reasoning::Reasoning;
 use crate::tools::ToolFormat;
 
 /// One message of a conversation, shaped as templates expect it.
@@ -16,6 +17,9 @@ pub struct Message {
     pub tool_call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<serde_json::Value>,
+    /// An assistant turn's reasoning, for templates that show it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Message {
@@ -25,6 +29,7 @@ impl Message {
             content: content.into(),
             tool_call_id: None,
             tool_calls: None,
+            reasoning_content: None,
         }
     }
 }
@@ -37,7 +42,18 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     tool_format: Option<ToolFormat>,
+    reasoning: Option<Reasoning>,
 }
+
+/// Variables every template is given; a client's template arguments
+/// (`chat_template_kwargs`) may not replace them.
+pub const TEMPLATE_VARIABLES: &[&str] = &[
+    "messages",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "tools",
+];
 
 /// Python's `json.dumps` defaults (", " and ": " separators, no ASCII
 /// escaping), which Hugging Face's `tojson` uses and templates rely on.
@@ -129,12 +145,18 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             tool_format: ToolFormat::of_template(source),
+            reasoning: Reasoning::of_template(source),
         })
     }
 
     /// How the template's model writes tool calls, if it takes tools.
     pub fn tool_format(&self) -> Option<ToolFormat> {
         self.tool_format
+    }
+
+    /// How the template's model writes its reasoning, if it reasons.
+    pub fn reasoning(&self) -> Option<Reasoning> {
+        self.reasoning
     }
 
     /// Renders a conversation. With `add_generation_prompt` the text ends
@@ -145,6 +167,32 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String, ModelError> {
+        self.render_with(
+            messages,
+            add_generation_prompt,
+            tools,
+            &serde_json::Map::new(),
+        )
+    }
+
+    /// As [`ChatTemplate::render`], with further variables for the
+    /// template (as Hugging Face's `apply_chat_template` passes its extra
+    /// keyword arguments), such as Qwen3's `enable_thinking`.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, ModelError> {
+        if let Some(k) = kwargs
+            .keys()
+            .find(|k| TEMPLATE_VARIABLES.contains(&k.as_str()))
+        {
+            return Err(ModelError::Template(format!(
+                "the template argument '{k}' is set by the server and cannot be passed"
+            )));
+        }
         for m in messages {
             if !ROLES.contains(&m.role.as_str()) {
                 return Err(ModelError::Template(format!(
@@ -164,6 +212,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
             tools => tools,
+            ..minijinja::Value::from_serialize(kwargs)
         })
         .map_err(|e| ModelError::Template(format!("chat template failed: {e:#}")))
     }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod model;
+pub mod reasoning;
 pub mod rope;
 pub mod tokenizer;
 pub mod tools;

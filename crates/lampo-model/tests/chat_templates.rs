@@ -1,5 +1,6 @@
 //! The models' own chat templates rendered by Lampo must give exactly the
-//! text Hugging Face's jinja2 rendering gives (scripts/record-chat-reference).
+//! text Hugging Face's jinja2 rendering gives (scripts/record-chat-reference),
+//! template arguments such as Qwen3's `enable_thinking` included.
 
 use std::path::PathBuf;
 
@@ -10,12 +11,13 @@ fn template_of(name: &str) -> ChatTemplate {
     let file = match name {
         "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
         "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen3" => "synthetic/qwen3-think-tiny.gguf",
         other => panic!("unknown model {other}"),
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models")
         .join(file);
-    assert!(path.exists(), "run scripts/fetch-models {name}");
+    assert!(path.exists(), "run make test-models");
     let g = GgufFile::open(&path).unwrap();
     let src = g
         .gguf
@@ -30,16 +32,21 @@ fn renders_exactly_like_hugging_face() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/chat_reference.json")).expect("fixture parses");
     let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 7);
+    assert!(cases.len() >= 13);
     for (i, case) in cases.iter().enumerate() {
         let name = case["model"].as_str().unwrap();
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let tools = case.get("tools").filter(|t| !t.is_null());
+        let kwargs = case
+            .get("kwargs")
+            .and_then(|k| k.as_object().cloned())
+            .unwrap_or_default();
         let got = template_of(name)
-            .render(
+            .render_with(
                 &messages,
                 case["add_generation_prompt"].as_bool().unwrap(),
                 tools,
+                &kwargs,
             )
             .unwrap_or_else(|e| panic!("case {i} ({name}): {e}"));
         assert_eq!(got, case["expected"].as_str().unwrap(), "case {i} ({name})");
@@ -57,4 +64,24 @@ fn generation_prompt_is_where_the_reply_starts() {
         with.strip_prefix(without.as_str()),
         Some("<|im_start|>assistant\n")
     );
+}
+
+#[test]
+fn qwen3_reasons_and_its_template_turns_thinking_off() {
+    let t = template_of("qwen3");
+    assert_eq!(t.reasoning(), Some(lampo_model::reasoning::THINK));
+    assert!(template_of("qwen05b").reasoning().is_none());
+    let user = [Message::new("user", "hi")];
+    let on = t.render(&user, true, None).unwrap();
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("enable_thinking".into(), false.into());
+    let off = t.render_with(&user, true, None, &kwargs).unwrap();
+    assert_eq!(
+        off.strip_prefix(on.as_str()),
+        Some("<think>\n\n</think>\n\n")
+    );
+    // The variables the server sets cannot be replaced.
+    kwargs.insert("messages".into(), serde_json::json!([]));
+    let err = t.render_with(&user, true, None, &kwargs).unwrap_err();
+    assert!(err.to_string().contains("'messages'"), "{err}");
 }

@@ -30,6 +30,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, MAX_BODY_BYTES};
 pub use state::{AppState, ServerConfig};
+pub use structured::ReasoningFormat;
 
 use crate::error::BodyTimeout;
 use crate::routes::{chat, completions, info};

@@ -88,6 +88,9 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub tool_calls: Option<Value>,
+    /// A past assistant turn's reasoning, for templates that show it.
+    #[serde(alias = "reasoning")]
+    pub reasoning_content: Option<String>,
 }
 
 /// `response_format`: plain text, any JSON object, or JSON valid against
@@ -160,6 +163,14 @@ pub struct ChatRequest {
     pub tools: Option<Vec<Tool>>,
     pub tool_choice: Option<ToolChoiceParam>,
     pub parallel_tool_calls: Option<bool>,
+    /// Extension (as in vLLM and llama.cpp): further variables for the
+    /// chat template, such as `{"enable_thinking": false}` for Qwen3.
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// Extension (as in llama.cpp): `parsed` (reasoning in
+    /// `reasoning_content`), `raw` (left in the content, tags and all) or
+    /// `hidden` (left out); the server's `--reasoning-format` otherwise.
+    pub reasoning_format: Option<String>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -194,6 +205,9 @@ pub struct Usage {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: Option<String>,
+    /// The model's reasoning, for models that write it (`<think>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
 }
@@ -291,6 +305,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallDelta>,
 }

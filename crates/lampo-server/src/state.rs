@@ -8,6 +8,7 @@ use lampo_engine::{Engine, Tier};
 
 use crate::error::{ApiError, BODY_TIMEOUT};
 use crate::gateway::Objective;
+use crate::structured::ReasoningFormat;
 
 /// How the server answers, set once at start.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct ServerConfig {
     /// InferenceObjective names (from the gateway's objective header) and
     /// the tier each is served in.
     pub objectives: Vec<Objective>,
+    /// How chat answers return a reasoning model's thinking.
+    pub reasoning_format: ReasoningFormat,
 }
 
 impl ServerConfig {
@@ -46,6 +49,7 @@ impl ServerConfig {
             body_timeout: BODY_TIMEOUT,
             default_service_tier: Tier::Default,
             objectives: Vec::new(),
+            reasoning_format: ReasoningFormat::Parsed,
         }
     }
 }

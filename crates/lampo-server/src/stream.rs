@@ -149,10 +149,14 @@ impl Choice<'_> {
     fn text(&mut self, text: &str, lps: &[TokenLogprob]) -> Vec<SseEvent> {
         match self.head.api {
             Api::Chat => {
-                // The log-probabilities ride on the text's first delta.
+                // The log-probabilities ride on the text's first delta (on
+                // an empty one if the text is held, part of a tag maybe).
                 let mut lp = self.want_logprobs.then(|| logprobs::chat(self.tok, lps));
-                self.deltas
-                    .deltas(text, false)
+                let mut deltas = self.deltas.deltas(text, false);
+                if deltas.is_empty() && lp.is_some() {
+                    deltas.push(ChatDelta::default());
+                }
+                deltas
                     .into_iter()
                     .map(|d| self.chat_choice(d, lp.take(), None))
                     .collect()
@@ -206,6 +210,7 @@ pub(crate) fn respond(
     };
     let (out, rx) = mpsc::unbounded_channel::<Result<SseEvent, Infallible>>();
     let (prompt_tokens, calls, include_usage) = (g.prompt_tokens, g.calls, g.include_usage);
+    let thoughts = g.thoughts;
     let (echo, arrived, want_logprobs) = (g.echo, g.arrived, g.logprobs);
     let g_tier = g.tier;
     tokio::spawn(async move {
@@ -219,7 +224,7 @@ pub(crate) fn respond(
                 index,
                 tok,
                 want_logprobs,
-                deltas: DeltaStream::new(calls),
+                deltas: DeltaStream::new(thoughts, calls),
                 offset: 0,
             };
             if !choice.opening(echo.as_deref()).into_iter().all(send) {

@@ -1,10 +1,13 @@
 //! Structured output: `response_format` and `tools` checked and turned
-//! into one grammar the engine enforces while decoding, and the model's
-//! text turned back into OpenAI's `tool_calls`.
+//! into one grammar the engine enforces while decoding (after the
+//! model's reasoning, for models that reason), and the model's text
+//! turned back into OpenAI's `reasoning_content`, content and
+//! `tool_calls`.
 
 use std::collections::HashSet;
 
 use lampo_engine::{Constraint, Engine, Grammar};
+use lampo_model::reasoning::{self, Part, Reasoning, ReasoningParser};
 use lampo_model::tools::{CallParser, Piece, ToolChoice, ToolFormat, ToolSpec};
 use serde_json::{Value, json};
 
@@ -17,12 +20,97 @@ use crate::openai::{
 /// What a chat request asks of its output's shape.
 #[derive(Default)]
 pub struct Structure {
-    /// The grammar each choice starts from (cloned per choice).
-    pub constraint: Option<Constraint>,
+    /// The grammar the output must follow, not yet compiled.
+    pub grammar: Option<Grammar>,
     /// Tools for the chat template, when the model is to see them.
     pub template_tools: Option<Value>,
     /// Set when the output may hold calls, written in this format.
     pub calls: Option<ToolFormat>,
+    /// The tools, checked (to blame one whose schema cannot compile).
+    specs: Vec<ToolSpec>,
+    /// Whether a response format shapes the answer.
+    has_answer: bool,
+}
+
+/// How chat answers return a reasoning model's thinking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasoningFormat {
+    /// Split off into `reasoning_content` (the field vLLM, llama.cpp and
+    /// DeepSeek use); the content is the answer alone.
+    Parsed,
+    /// Left in the content as the model wrote it, tags and all.
+    Raw,
+    /// Split off and dropped.
+    Hidden,
+}
+
+impl ReasoningFormat {
+    pub const NAMES: &str = "parsed, raw or hidden";
+
+    pub fn parse(name: &str) -> Result<ReasoningFormat, String> {
+        match name {
+            "parsed" => Ok(ReasoningFormat::Parsed),
+            "raw" => Ok(ReasoningFormat::Raw),
+            "hidden" => Ok(ReasoningFormat::Hidden),
+            other => Err(format!(
+                "reasoning format '{other}' is not one of {}",
+                ReasoningFormat::NAMES
+            )),
+        }
+    }
+}
+
+/// Where a chat answer's reasoning is and whether the client sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Thoughts {
+    pub reasoning: Reasoning,
+    /// The prompt opened the reasoning block.
+    pub inside: bool,
+    pub show: bool,
+}
+
+/// Whether the answer to `prompt` may open a reasoning block, and whether
+/// the prompt opened it already: not when the prompt closed one (thinking
+/// turned off in the template).
+fn open_block(reasoning: Option<Reasoning>, prompt: &str) -> Option<(Reasoning, bool)> {
+    let reasoning = reasoning?;
+    if prompt.trim_end().ends_with(reasoning.close) {
+        return None;
+    }
+    Some((reasoning, reasoning.opened_by(prompt)))
+}
+
+impl Thoughts {
+    /// How to read answers to `prompt` from a template that reasons in
+    /// `reasoning`: as they are when the format is raw or thinking is off.
+    pub fn of(
+        reasoning: Option<Reasoning>,
+        format: ReasoningFormat,
+        prompt: &str,
+    ) -> Option<Thoughts> {
+        if format == ReasoningFormat::Raw {
+            return None;
+        }
+        let (reasoning, inside) = open_block(reasoning, prompt)?;
+        Some(Thoughts {
+            reasoning,
+            inside,
+            show: format == ReasoningFormat::Parsed,
+        })
+    }
+}
+
+/// `answer`, placed after the reasoning block a model may write first
+/// (whatever the format: raw only changes how the answer is returned).
+pub fn after_reasoning(reasoning: Option<Reasoning>, prompt: &str, answer: Grammar) -> Grammar {
+    match open_block(reasoning, prompt) {
+        Some((reasoning, inside)) => Grammar::AfterReasoning {
+            reasoning,
+            inside,
+            answer: Box::new(answer),
+        },
+        None => answer,
+    }
 }
 
 /// The request fields that shape the output.
@@ -33,15 +121,6 @@ pub struct Asked {
     pub parallel_tool_calls: Option<bool>,
 }
 
-impl Asked {
-    /// Whether nothing shapes the output (the common case, planned inline).
-    pub fn is_plain(&self) -> bool {
-        matches!(self.response_format, None | Some(ResponseFormat::Text))
-            && self.tools.is_none()
-            && self.tool_choice.is_none()
-    }
-}
-
 /// OpenAI's rule for function and schema names.
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -50,7 +129,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Checks what `asked` wants and compiles its grammar; a 400 names the
+/// Checks what `asked` wants and builds its grammar; a 400 names the
 /// field at fault.
 pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
     let answer = match asked.response_format {
@@ -83,8 +162,11 @@ pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
     let tools = asked.tools.unwrap_or_default();
     let choice = tool_choice(asked.tool_choice, &tools)?;
     let specs = tool_specs(&tools)?;
-    let mut out = Structure::default();
-    let grammar = match choice {
+    let mut out = Structure {
+        has_answer: answer.is_some(),
+        ..Structure::default()
+    };
+    out.grammar = match choice {
         Some(choice) => {
             let lm = engine.model();
             let format = lm
@@ -109,13 +191,18 @@ pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
         }
         None => answer.clone().map(Grammar::JsonSchema),
     };
-    if let Some(grammar) = grammar {
-        let constraint = engine
-            .constrain(grammar)
-            .map_err(|e| blame(engine, &specs, answer.is_some(), e))?;
-        out.constraint = Some(constraint);
-    }
+    out.specs = specs;
     Ok(out)
+}
+
+impl Structure {
+    /// Compiles `grammar` (this structure's, perhaps placed after a
+    /// reasoning block): CPU work, for a thread of its own.
+    pub fn compile(&self, engine: &Engine, grammar: Grammar) -> Result<Constraint, ApiError> {
+        engine
+            .constrain(grammar)
+            .map_err(|e| blame(engine, &self.specs, self.has_answer, e))
+    }
 }
 
 /// The tool choice in force: `None` when the model is not to call tools.
@@ -233,16 +320,32 @@ pub fn call_id() -> String {
     crate::state::random_id("call")
 }
 
-/// A chat answer split into text and calls.
+/// A chat answer split into reasoning, text and calls.
 pub struct Answer {
+    pub reasoning_content: Option<String>,
     pub content: Option<String>,
     pub tool_calls: Vec<ToolCall>,
 }
 
-/// Splits a whole answer as streaming would, so both give the same calls.
-pub fn split_answer(format: ToolFormat, text: &str) -> Answer {
+/// Splits a whole answer as streaming would, so both give the same
+/// reasoning, content and calls.
+pub fn split_answer(thoughts: Option<Thoughts>, calls: Option<ToolFormat>, text: &str) -> Answer {
+    let (reasoning_content, text) = match thoughts {
+        Some(t) => {
+            let (thought, content) = reasoning::split(t.reasoning, t.inside, text);
+            (thought.filter(|_| t.show), content)
+        }
+        None => (None, text.to_string()),
+    };
+    let Some(format) = calls else {
+        return Answer {
+            reasoning_content,
+            content: Some(text),
+            tool_calls: Vec::new(),
+        };
+    };
     let mut parser = format.parser();
-    let mut pieces = parser.push(text);
+    let mut pieces = parser.push(&text);
     pieces.extend(parser.finish());
     let mut content = String::new();
     let mut tool_calls: Vec<ToolCall> = Vec::new();
@@ -263,36 +366,68 @@ pub fn split_answer(format: ToolFormat, text: &str) -> Answer {
         }
     }
     Answer {
+        reasoning_content,
         content: (!content.is_empty()).then_some(content),
         tool_calls,
     }
 }
 
-/// Streamed chat deltas for one choice: text passes through, or (when
-/// calls are possible) goes through the call parser.
-pub enum DeltaStream {
-    Text,
-    Calls(CallParser),
+/// Streamed chat deltas for one choice: reasoning split off first (when
+/// the model reasons), then text passes through, or (when calls are
+/// possible) goes through the call parser.
+pub struct DeltaStream {
+    /// The reasoning parser, and whether the client sees the reasoning.
+    thoughts: Option<(ReasoningParser, bool)>,
+    calls: Option<CallParser>,
 }
 
 impl DeltaStream {
-    pub fn new(calls: Option<ToolFormat>) -> DeltaStream {
-        match calls {
-            Some(f) => DeltaStream::Calls(f.parser()),
-            None => DeltaStream::Text,
+    pub fn new(thoughts: Option<Thoughts>, calls: Option<ToolFormat>) -> DeltaStream {
+        DeltaStream {
+            thoughts: thoughts.map(|t| (t.reasoning.parser(t.inside), t.show)),
+            calls: calls.map(|f| f.parser()),
         }
     }
 
     /// The deltas for a piece of text (`end`: the text is over).
     pub fn deltas(&mut self, text: &str, end: bool) -> Vec<ChatDelta> {
+        let (parts, show) = match &mut self.thoughts {
+            Some((parser, show)) => {
+                let mut parts = parser.push(text);
+                if end {
+                    parts.extend(parser.finish());
+                }
+                (parts, *show)
+            }
+            None => (vec![Part::Content(text.to_string())], false),
+        };
+        let mut out = Vec::new();
+        for part in parts {
+            match part {
+                Part::Reasoning(t) if show => out.push(ChatDelta {
+                    reasoning_content: Some(t),
+                    ..ChatDelta::default()
+                }),
+                Part::Reasoning(_) => {}
+                Part::Content(t) => self.content(&t, false, &mut out),
+            }
+        }
+        if end {
+            self.content("", true, &mut out);
+        }
+        out
+    }
+
+    fn content(&mut self, text: &str, end: bool, out: &mut Vec<ChatDelta>) {
         let content = |t: String| ChatDelta {
             content: Some(t),
             ..ChatDelta::default()
         };
-        let parser = match self {
-            DeltaStream::Text if end && text.is_empty() => return Vec::new(),
-            DeltaStream::Text => return vec![content(text.to_string())],
-            DeltaStream::Calls(p) => p,
+        let Some(parser) = &mut self.calls else {
+            if !text.is_empty() {
+                out.push(content(text.to_string()));
+            }
+            return;
         };
         let mut pieces = parser.push(text);
         if end {
@@ -302,35 +437,32 @@ impl DeltaStream {
             tool_calls: vec![d],
             ..ChatDelta::default()
         };
-        pieces
-            .into_iter()
-            .map(|p| match p {
-                Piece::Content(t) => content(t),
-                Piece::CallStart { index, name } => call(ToolCallDelta {
-                    index,
-                    id: Some(call_id()),
-                    kind: Some("function"),
-                    function: FunctionDelta {
-                        name: Some(name),
-                        arguments: Some(String::new()),
-                    },
-                }),
-                Piece::Arguments { index, text } => call(ToolCallDelta {
-                    index,
-                    id: None,
-                    kind: None,
-                    function: FunctionDelta {
-                        name: None,
-                        arguments: Some(text),
-                    },
-                }),
-            })
-            .collect()
+        out.extend(pieces.into_iter().map(|p| match p {
+            Piece::Content(t) => content(t),
+            Piece::CallStart { index, name } => call(ToolCallDelta {
+                index,
+                id: Some(call_id()),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(name),
+                    arguments: Some(String::new()),
+                },
+            }),
+            Piece::Arguments { index, text } => call(ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: Some(text),
+                },
+            }),
+        }));
     }
 
     /// Whether any call was sent.
     pub fn called(&self) -> bool {
-        matches!(self, DeltaStream::Calls(p) if p.calls() > 0)
+        self.calls.as_ref().is_some_and(|p| p.calls() > 0)
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Generation {
     pub logprobs: bool,
     /// Chat answers that may hold tool calls in this format.
     pub calls: Option<ToolFormat>,
+    /// Chat answers that may begin with reasoning, and how to return it.
+    pub thoughts: Option<structured::Thoughts>,
     /// Text each choice begins with (the prompt, for `echo`).
     pub echo: Option<String>,
     pub arrived: Instant,
@@ -304,6 +306,7 @@ fn to_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
                 content,
                 tool_call_id: m.tool_call_id,
                 tool_calls,
+                reasoning_content: m.reasoning_content,
             })
         })
         .collect()
@@ -349,18 +352,45 @@ pub(crate) async fn chat(
             None,
         )
     })?;
+    let reasoning_format = match req.reasoning_format.as_deref() {
+        None => state.config.reasoning_format,
+        Some(name) => structured::ReasoningFormat::parse(name)
+            .map_err(|e| ApiError::bad_request(e, Some("reasoning_format")))?,
+    };
+    let kwargs = req.chat_template_kwargs.unwrap_or_default();
+    if let Some(k) = kwargs
+        .keys()
+        .find(|k| lampo_model::chat::TEMPLATE_VARIABLES.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            format!("chat_template_kwargs may not set '{k}', which the server sets"),
+            Some("chat_template_kwargs"),
+        ));
+    }
     let asked = structured::Asked {
         response_format: req.response_format,
         tools: req.tools,
         tool_choice: req.tool_choice,
         parallel_tool_calls: req.parallel_tool_calls,
     };
+    let mut structure = structured::plan(state.engine()?, asked)?;
+    if structure.grammar.is_some() && s.ignore_eos {
+        return Err(ApiError::bad_request(
+            "ignore_eos cannot be combined with response_format or tools",
+            Some("ignore_eos"),
+        ));
+    }
+    let text = template
+        .render_with(&messages, true, structure.template_tools.as_ref(), &kwargs)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let reasoning = template.reasoning();
+    let thoughts = structured::Thoughts::of(reasoning, reasoning_format, &text);
+    let calls = structure.calls;
     // Compiling a grammar (and, the first time, the vocabulary trie) is
     // CPU work: on a thread of its own at background priority, off the
     // async workers.
-    let structure = if asked.is_plain() {
-        structured::Structure::default()
-    } else {
+    if let Some(answer) = structure.grammar.take() {
+        let grammar = structured::after_reasoning(reasoning, &text, answer);
         let st = state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -368,25 +398,29 @@ pub(crate) async fn chat(
             .spawn(move || {
                 // Compiling must not slow the steps of requests running.
                 lampo_engine::background_priority();
-                let _ = tx.send(st.engine().and_then(|e| structured::plan(e, asked)));
+                let _ = tx.send(st.engine().and_then(|e| structure.compile(e, grammar)));
             })
             .map_err(|_| ApiError::internal("cannot start compiling the output constraint"))?;
-        rx.await
-            .map_err(|_| ApiError::internal("compiling the output constraint failed"))??
-    };
-    if structure.constraint.is_some() && s.ignore_eos {
-        return Err(ApiError::bad_request(
-            "ignore_eos cannot be combined with response_format or tools",
-            Some("ignore_eos"),
-        ));
+        s.constraint = Some(
+            rx.await
+                .map_err(|_| ApiError::internal("compiling the output constraint failed"))??,
+        );
     }
-    s.constraint = structure.constraint;
-    let text = template
-        .render(&messages, true, structure.template_tools.as_ref())
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    let prompt = lm
-        .tokenizer
-        .encode(&text, false, true)
+    finish_chat(state, s, &lm.tokenizer, &text, calls, thoughts, arrived)
+}
+
+/// Tokenizes a rendered chat prompt and builds each choice's request.
+fn finish_chat(
+    state: &AppState,
+    s: Settings,
+    tokenizer: &lampo_model::Tokenizer,
+    text: &str,
+    calls: Option<ToolFormat>,
+    thoughts: Option<structured::Thoughts>,
+    arrived: Instant,
+) -> Result<Generation, ApiError> {
+    let prompt = tokenizer
+        .encode(text, false, true)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let requests = (0..s.n)
         .map(|i| engine_request(state, &prompt, &s, i, "messages"))
@@ -397,7 +431,8 @@ pub(crate) async fn chat(
         stream: s.stream,
         include_usage: s.include_usage,
         logprobs: s.logprobs.is_some(),
-        calls: structure.calls,
+        calls,
+        thoughts,
         echo: None,
         arrived,
         tier: s.tier,
@@ -457,6 +492,7 @@ pub(crate) fn completion(
         include_usage: s.include_usage,
         logprobs: s.logprobs.is_some(),
         calls: None,
+        thoughts: None,
         echo: echo.then_some(prompt),
         arrived,
         tier: s.tier,

@@ -36,18 +36,13 @@ pub(crate) async fn chat_completions(
         return stream::respond(state, g, Api::Chat, id);
     }
     let (prompt_tokens, calls, want_logprobs) = (g.prompt_tokens, g.calls, g.logprobs);
+    let thoughts = g.thoughts;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
     for (index, rx) in bridge::submit(&state, g.requests)?.into_iter().enumerate() {
         let got = bridge::collect(&state, rx, g_tier, arrived).await?;
         completion_tokens += got.done.completion_tokens;
-        let answer = match calls {
-            Some(format) => structured::split_answer(format, &got.text),
-            None => structured::Answer {
-                content: Some(got.text),
-                tool_calls: Vec::new(),
-            },
-        };
+        let answer = structured::split_answer(thoughts, calls, &got.text);
         let called = !answer.tool_calls.is_empty();
         let tok = &state.engine()?.model().tokenizer;
         choices.push(ChatChoice {
@@ -55,6 +50,7 @@ pub(crate) async fn chat_completions(
             message: AssistantMessage {
                 role: "assistant",
                 content: answer.content,
+                reasoning_content: answer.reasoning_content,
                 tool_calls: answer.tool_calls,
             },
             logprobs: want_logprobs.then(|| logprobs::chat(tok, &got.logprobs)),

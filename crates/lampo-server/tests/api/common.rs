@@ -66,8 +66,18 @@ pub async fn serve_custom(
     server: ServerConfig,
     limits: Limits,
 ) -> (Arc<AppState>, SocketAddr) {
+    serve_model(loaded(), config, server, limits).await
+}
+
+/// As `serve_custom`, over another model.
+pub async fn serve_model(
+    lm: Arc<LoadedModel>,
+    config: EngineConfig,
+    server: ServerConfig,
+    limits: Limits,
+) -> (Arc<AppState>, SocketAddr) {
     let state = Arc::new(AppState::with_config(server));
-    let _ = state.engine.set(Engine::start(loaded(), config).unwrap());
+    let _ = state.engine.set(Engine::start(lm, config).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state.clone());

@@ -61,6 +61,14 @@ MODELS = {
                              script=["Ċ", "<think>", "Let", "Ġme", "Ġthink", ".", "</think>", "ĊĊ",
                                      "Paris", "<|im_end|>"],
                              second=[("ĊĊ", "<tool_call>"), ("ĊĊ", "{")]),
+    # Llama 3.1 as its instruct files are: the real Llama 3.1 chat template
+    # (JSON tool calls), <|eot_id|> as the end token, <|eom_id|> and
+    # <|python_tag|> where Llama 3.1 renamed reserved tokens.
+    "llama31-tools-tiny": dict(arch="llama", vocab="llama-bpe", seed=41, n_embd=64, n_head=4, n_head_kv=1,
+                               head_dim=16, n_ff=128, n_layer=2, ctx=8192, rope_base=500_000.0,
+                               eps=1e-5, tied=True, template="meta-llama-Llama-3.1-8B-Instruct.jinja",
+                               added_tokens={128008: "<|eom_id|>", 128010: "<|python_tag|>"},
+                               eos=128009, eom=128008),
 }
 
 
@@ -90,6 +98,8 @@ def copy_tokenizer(writer, vocab_path, m):
     overrides = {}
     if "eos" in m:
         overrides["tokenizer.ggml.eos_token_id"] = (m["eos"], gguf.GGUFValueType.UINT32)
+    if "eom" in m:
+        overrides["tokenizer.ggml.eom_token_id"] = (m["eom"], gguf.GGUFValueType.UINT32)
     if "template" in m:
         with open(os.path.join(MODELS_DIR, "vocab", "templates", m["template"])) as f:
             overrides["tokenizer.chat_template"] = (f.read(), gguf.GGUFValueType.STRING)

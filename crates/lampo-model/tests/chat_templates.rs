@@ -12,6 +12,7 @@ fn template_of(name: &str) -> ChatTemplate {
         "smollm2" => "SmolLM2-135M-Instruct.Q4_1.gguf",
         "qwen05b" => "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "qwen3" => "synthetic/qwen3-think-tiny.gguf",
+        "llama31" => "synthetic/llama31-tools-tiny.gguf",
         other => panic!("unknown model {other}"),
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,7 +33,7 @@ fn renders_exactly_like_hugging_face() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/chat_reference.json")).expect("fixture parses");
     let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 13);
+    assert!(cases.len() >= 17);
     for (i, case) in cases.iter().enumerate() {
         let name = case["model"].as_str().unwrap();
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();

@@ -9,7 +9,6 @@
 #[path = "api/common.rs"]
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::*;
@@ -22,10 +21,7 @@ const NAME: &str = "qwen3-think";
 fn think_model() -> Arc<LoadedModel> {
     static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
     LM.get_or_init(|| {
-        let dir = std::env::var_os("LAMPO_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-        let path = dir.join("synthetic/qwen3-think-tiny.gguf");
+        let path = models_dir().join("synthetic/qwen3-think-tiny.gguf");
         Arc::new(LoadedModel::load(&path).expect("run make test-models"))
     })
     .clone()
@@ -57,82 +53,6 @@ fn ask(extra: Value) -> Value {
         req[k] = v.clone();
     }
     req
-}
-
-/// A streamed answer's deltas gathered: reasoning, content, tool calls
-/// (name, arguments), and the finish reason.
-#[derive(Debug, Default, PartialEq)]
-struct Streamed {
-    reasoning: String,
-    content: String,
-    calls: Vec<(String, String)>,
-    finish: String,
-}
-
-async fn stream(addr: SocketAddr, mut req: Value) -> Streamed {
-    req["stream"] = json!(true);
-    let (status, body) = http(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let mut out = Streamed::default();
-    let events = events(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
-    for e in &events[..events.len() - 1] {
-        let chunk: Value = serde_json::from_str(e).unwrap();
-        let choice = &chunk["choices"][0];
-        let delta = &choice["delta"];
-        if let Some(t) = delta["reasoning_content"].as_str() {
-            out.reasoning.push_str(t);
-        }
-        if let Some(t) = delta["content"].as_str() {
-            out.content.push_str(t);
-        }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let f = &call["function"];
-            if let Some(name) = f["name"].as_str() {
-                out.calls.push((name.to_string(), String::new()));
-            }
-            let args = f["arguments"].as_str().unwrap_or_default();
-            out.calls.last_mut().unwrap().1.push_str(args);
-        }
-        if let Some(f) = choice["finish_reason"].as_str() {
-            out.finish = f.to_string();
-        }
-    }
-    out
-}
-
-/// A whole answer in the same terms as a streamed one.
-async fn whole(addr: SocketAddr, req: Value) -> (Streamed, Value) {
-    let (status, body) = post(addr, "/v1/chat/completions", req).await;
-    assert_eq!(status, 200, "{body}");
-    let choice = &body["choices"][0];
-    let m = &choice["message"];
-    let calls = m["tool_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let f = &c["function"];
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["arguments"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let got = Streamed {
-        reasoning: m["reasoning_content"].as_str().unwrap_or_default().into(),
-        content: m["content"].as_str().unwrap_or_default().into(),
-        calls,
-        finish: choice["finish_reason"].as_str().unwrap().into(),
-    };
-    (got, body)
 }
 
 #[tokio::test(flavor = "multi_thread")]

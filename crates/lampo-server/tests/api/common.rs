@@ -21,11 +21,14 @@ pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const MODEL: &str = "smollm2";
 
-pub fn model_path() -> PathBuf {
-    let dir = std::env::var_os("LAMPO_MODELS")
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("LAMPO_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+pub fn model_path() -> PathBuf {
+    models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 pub fn loaded() -> Arc<LoadedModel> {
@@ -261,4 +264,80 @@ pub async fn until_load(
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// A streamed answer's deltas gathered: reasoning, content, tool calls
+/// (name, arguments), and the finish reason.
+#[derive(Debug, Default, PartialEq)]
+pub struct Streamed {
+    pub reasoning: String,
+    pub content: String,
+    pub calls: Vec<(String, String)>,
+    pub finish: String,
+}
+
+pub async fn stream(addr: SocketAddr, mut req: Value) -> Streamed {
+    req["stream"] = json!(true);
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        req.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut out = Streamed::default();
+    let events = events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        let choice = &chunk["choices"][0];
+        let delta = &choice["delta"];
+        if let Some(t) = delta["reasoning_content"].as_str() {
+            out.reasoning.push_str(t);
+        }
+        if let Some(t) = delta["content"].as_str() {
+            out.content.push_str(t);
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let f = &call["function"];
+            if let Some(name) = f["name"].as_str() {
+                out.calls.push((name.to_string(), String::new()));
+            }
+            let args = f["arguments"].as_str().unwrap_or_default();
+            out.calls.last_mut().unwrap().1.push_str(args);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            out.finish = f.to_string();
+        }
+    }
+    out
+}
+
+/// A whole answer in the same terms as a streamed one.
+pub async fn whole(addr: SocketAddr, req: Value) -> (Streamed, Value) {
+    let (status, body) = post(addr, "/v1/chat/completions", req).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    let m = &choice["message"];
+    let calls = m["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let f = &c["function"];
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["arguments"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let got = Streamed {
+        reasoning: m["reasoning_content"].as_str().unwrap_or_default().into(),
+        content: m["content"].as_str().unwrap_or_default().into(),
+        calls,
+        finish: choice["finish_reason"].as_str().unwrap().into(),
+    };
+    (got, body)
 }

@@ -1,144 +1,21 @@
-//! Tool calls as text: the format a model's chat template teaches it,
-//! a grammar that admits only valid calls in that format, and a parser
-//! that turns the model's text back into calls while it streams.
-//!
-//! Lampo knows the Hermes format, which Qwen2.5, Qwen3 and Hermes models
+//! The Hermes tool-call format, which Qwen2.5, Qwen3 and Hermes models
 //! use: each call is `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`,
-//! several calls separated by a newline.
+//! several calls separated by a newline, possibly after some text.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const OPEN: &str = "<tool_call>";
+use super::{Piece, call_head};
+
+pub(super) const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
-
-/// How a template's model writes tool calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ToolFormat {
-    Hermes,
-}
-
-/// A function the model may call: its name and a JSON schema of its
-/// arguments.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolSpec {
-    pub name: String,
-    pub parameters: Value,
-}
-
-/// Which calls the output may or must hold.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ToolChoice {
-    /// Text, or calls (the model decides).
-    Auto,
-    /// One or more calls and nothing else.
-    Required,
-    /// One call of this function and nothing else.
-    Named(String),
-}
-
-/// JSON as Python's `json.dumps` lays it out (", " and ": ", no other
-/// whitespace), which is how templates show tool calls to models, in the
-/// form llguidance's `x-guidance` schema option takes.
-pub fn json_layout() -> Value {
-    json!({
-        "item_separator": ", ",
-        "key_separator": ": ",
-        "whitespace_flexible": false,
-    })
-}
-
-impl ToolFormat {
-    /// The format a chat template's source teaches, if it teaches one.
-    pub fn of_template(source: &str) -> Option<ToolFormat> {
-        (source.contains(OPEN) && source.contains("tools")).then_some(ToolFormat::Hermes)
-    }
-
-    /// A grammar (llguidance's Lark syntax) for output under `choice`:
-    /// calls to `tools` whose arguments match their schemas, one call
-    /// unless `parallel`. With `Auto` the output may instead be text (that
-    /// does not begin like a call) or, when `answer` is given, a JSON
-    /// value matching that schema.
-    pub fn grammar(
-        &self,
-        tools: &[ToolSpec],
-        choice: &ToolChoice,
-        parallel: bool,
-        answer: Option<&Value>,
-    ) -> String {
-        let allowed: Vec<&ToolSpec> = match choice {
-            ToolChoice::Named(name) => tools.iter().filter(|t| &t.name == name).collect(),
-            _ => tools.iter().collect(),
-        };
-        let bodies: Vec<Value> = allowed
-            .iter()
-            .map(|t| {
-                json!({
-                    "type": "object",
-                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                    "required": ["name", "arguments"],
-                    "additionalProperties": false,
-                })
-            })
-            .collect();
-        let mut body = if bodies.len() == 1 {
-            bodies[0].clone()
-        } else {
-            json!({ "anyOf": bodies })
-        };
-        body["x-guidance"] = json_layout();
-        let many = parallel && !matches!(choice, ToolChoice::Named(_));
-        let mut g = String::new();
-        g.push_str(match choice {
-            ToolChoice::Auto => "start: answer | calls\n",
-            _ => "start: calls\n",
-        });
-        g.push_str(if many {
-            "calls: call (\"\\n\" call)*\n"
-        } else {
-            "calls: call\n"
-        });
-        g.push_str("call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n");
-        g.push_str(&format!("body: %json {body}\n"));
-        if let ToolChoice::Auto = choice {
-            match answer {
-                Some(schema) => {
-                    let mut schema = schema.clone();
-                    if schema.get("x-guidance").is_none()
-                        && let Value::Object(map) = &mut schema
-                    {
-                        map.insert("x-guidance".into(), json_layout());
-                    }
-                    g.push_str(&format!("answer: %json {schema}\n"));
-                }
-                // Text that cannot begin like a call.
-                None => g.push_str("answer: TEXT\nTEXT: /[^<\\s](.|\\n)*/\n"),
-            }
-        }
-        g
-    }
-
-    pub fn parser(&self) -> CallParser {
-        CallParser::default()
-    }
-}
-
-/// What a piece of model text turned out to be.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Piece {
-    /// Text for the answer's content.
-    Content(String),
-    /// Call `index` begins: its function's name.
-    CallStart { index: usize, name: String },
-    /// More of call `index`'s arguments (JSON text).
-    Arguments { index: usize, text: String },
-}
+const ARGS: &str = "arguments";
 
 /// Splits streamed model text into content and tool calls, sending each
 /// call's name as soon as it is known and its arguments as they arrive.
 /// Whitespace-only content (between calls) is dropped; a `<tool_call>`
 /// block that is not a valid call stays content.
 #[derive(Debug, Default)]
-pub struct CallParser {
+pub struct HermesParser {
     /// Text not yet classified: in content, a possible start of `<tool_call>`;
     /// in a call, everything after `<tool_call>`.
     pending: String,
@@ -151,7 +28,7 @@ pub struct CallParser {
     blank: String,
 }
 
-impl CallParser {
+impl HermesParser {
     /// Calls begun so far.
     pub fn calls(&self) -> usize {
         self.calls
@@ -232,7 +109,7 @@ impl CallParser {
     /// start of `</tool_call>`).
     fn stream_call(&mut self, out: &mut Vec<Piece>) {
         if self.args.is_none() {
-            let Some((name, start)) = call_head(&self.pending) else {
+            let Some((name, start)) = call_head(&self.pending, ARGS) else {
                 return;
             };
             out.push(Piece::CallStart {
@@ -273,7 +150,7 @@ impl CallParser {
         // A whole call in one piece: send its name as streaming would have.
         if self.args.is_none()
             && arguments.is_some()
-            && let Some((name, start)) = call_head(&body)
+            && let Some((name, start)) = call_head(&body, ARGS)
         {
             out.push(Piece::CallStart {
                 index: self.calls,
@@ -312,70 +189,13 @@ impl CallParser {
     }
 }
 
-/// In a call's text so far, `{"name": "<name>", "arguments": ` (any
-/// whitespace): the name and where the arguments begin.
-fn call_head(text: &str) -> Option<(String, usize)> {
-    let mut at = skip_ws(text, 0);
-    at = expect(text, at, "{")?;
-    at = expect(text, skip_ws(text, at), "\"name\"")?;
-    at = expect(text, skip_ws(text, at), ":")?;
-    at = skip_ws(text, at);
-    let mut stream = serde_json::Deserializer::from_str(&text[at..]).into_iter::<String>();
-    let name = stream.next()?.ok()?;
-    at += stream.byte_offset();
-    at = expect(text, skip_ws(text, at), ",")?;
-    at = expect(text, skip_ws(text, at), "\"arguments\"")?;
-    at = expect(text, skip_ws(text, at), ":")?;
-    at = skip_ws(text, at);
-    (at < text.len()).then_some((name, at))
-}
-
-fn skip_ws(text: &str, at: usize) -> usize {
-    at + text[at..].len() - text[at..].trim_start().len()
-}
-
-fn expect(text: &str, at: usize, what: &str) -> Option<usize> {
-    text[at..].starts_with(what).then_some(at + what.len())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::testing::{self, splits};
+    use super::super::{Piece, ToolFormat};
 
-    /// Content and calls (name, arguments) from text fed in `pieces`.
     fn parse(pieces: &[&str]) -> (String, Vec<(String, String)>) {
-        let mut p = ToolFormat::Hermes.parser();
-        let mut all: Vec<Piece> = pieces.iter().flat_map(|t| p.push(t)).collect();
-        all.extend(p.finish());
-        let mut content = String::new();
-        let mut calls: Vec<(String, String)> = Vec::new();
-        for piece in all {
-            match piece {
-                Piece::Content(t) => content.push_str(&t),
-                Piece::CallStart { index, name } => {
-                    assert_eq!(index, calls.len());
-                    calls.push((name, String::new()));
-                }
-                Piece::Arguments { index, text } => calls[index].1.push_str(&text),
-            }
-        }
-        (content, calls)
-    }
-
-    /// Every way of cutting `text` in two, and one character at a time.
-    fn splits(text: &str) -> Vec<Vec<&str>> {
-        let mut out = vec![vec![text]];
-        for (i, _) in text.char_indices().skip(1) {
-            out.push(vec![&text[..i], &text[i..]]);
-        }
-        let mut chars = Vec::new();
-        let mut rest = text;
-        while let Some(c) = rest.chars().next() {
-            chars.push(&rest[..c.len_utf8()]);
-            rest = &rest[c.len_utf8()..];
-        }
-        out.push(chars);
-        out
+        testing::parse(ToolFormat::Hermes, pieces)
     }
 
     #[test]
@@ -439,35 +259,5 @@ mod tests {
         let (content, calls) = parse(&["<tool_call>\n{\"na"]);
         assert_eq!(content, "<tool_call>\n{\"na");
         assert!(calls.is_empty());
-    }
-
-    #[test]
-    fn grammars_name_the_allowed_calls() {
-        let tools = vec![
-            ToolSpec {
-                name: "a".into(),
-                parameters: json!({"type": "object"}),
-            },
-            ToolSpec {
-                name: "b".into(),
-                parameters: json!({"type": "object"}),
-            },
-        ];
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Named("b".into()), true, None);
-        assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
-        assert!(
-            g.contains("{\"const\":\"b\"}") && !g.contains("{\"const\":\"a\"}"),
-            "{g}"
-        );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Required, true, None);
-        assert!(
-            g.contains("calls: call (\"\\n\" call)*") && g.contains("anyOf"),
-            "{g}"
-        );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Auto, false, None);
-        assert!(
-            g.starts_with("start: answer | calls\ncalls: call\n") && g.contains("TEXT"),
-            "{g}"
-        );
     }
 }

@@ -1,0 +1,132 @@
+//! Tool calls in formats other than Hermes, through the chat API: Llama
+//! 3.x's JSON calls, on a synthetic Llama model that carries the real Llama
+//! 3.1 chat template (random weights, so the calls are the grammar's doing;
+//! the parser's own tests cover free text). Needs `make test-models`.
+
+#[path = "api/common.rs"]
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use lampo_model::LoadedModel;
+use serde_json::{Value, json};
+
+const NAME: &str = "llama31";
+
+fn llama31() -> Arc<LoadedModel> {
+    static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    LM.get_or_init(|| {
+        let path = models_dir().join("synthetic/llama31-tools-tiny.gguf");
+        Arc::new(LoadedModel::load(&path).expect("run make test-models"))
+    })
+    .clone()
+}
+
+async fn serve_llama() -> SocketAddr {
+    let server = ServerConfig::new(NAME);
+    serve_model(
+        llama31(),
+        EngineConfig::new(2048),
+        server,
+        Limits::default(),
+    )
+    .await
+    .1
+}
+
+fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                           "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time",
+            "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                           "required": ["zone"], "additionalProperties": false}}},
+    ])
+}
+
+fn ask(extra: Value) -> Value {
+    let mut req = json!({
+        "model": NAME,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "temperature": 0,
+        "max_tokens": 40,
+        "tools": tools(),
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        req[k] = v.clone();
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
+    let addr = serve_llama().await;
+    for (choice, names) in [
+        (
+            json!({"type": "function", "function": {"name": "get_time"}}),
+            &["get_time"][..],
+        ),
+        (json!("required"), &["get_weather", "get_time"][..]),
+    ] {
+        // parallel_tool_calls is true by default; Llama 3.x writes one call.
+        let req = ask(json!({"tool_choice": choice}));
+        let (got, body) = whole(addr, req.clone()).await;
+        assert_eq!(got.finish, "tool_calls", "{body}");
+        assert_eq!(got.calls.len(), 1, "{body}");
+        let (name, args) = &got.calls[0];
+        assert!(names.contains(&name.as_str()), "{body}");
+        let args: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let key = if name == "get_time" { "zone" } else { "city" };
+        assert!(
+            args[key].is_string() && args.as_object().unwrap().len() == 1,
+            "{body}"
+        );
+        assert_eq!(got.content, "", "{body}");
+        let message = &body["choices"][0]["message"];
+        assert!(message["tool_calls"][0]["id"].is_string());
+        assert_eq!(stream(addr, req).await, got);
+
+        // The call and its result go back into the template for the next turn.
+        let turn = json!({
+            "messages": [
+                {"role": "user", "content": "What is the weather in Paris?"},
+                message,
+                {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "18 C"},
+            ],
+            "tool_choice": "none",
+        });
+        let (status, body) = post(addr, "/v1/chat/completions", ask(turn)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["choices"][0]["message"]["content"].is_string(),
+            "{body}"
+        );
+    }
+
+    // auto: the model may answer in text (not beginning like a call) or call.
+    let (got, body) = whole(addr, ask(json!({"tool_choice": "auto"}))).await;
+    if got.calls.is_empty() {
+        assert!(!got.content.trim_start().starts_with('{'), "{body}");
+        assert!(!got.content.is_empty(), "{body}");
+    } else {
+        assert_eq!(got.finish, "tool_calls", "{body}");
+    }
+}
+
+#[test]
+fn the_template_teaches_llama3_json_calls() {
+    let lm = llama31();
+    let t = lm.chat_template.as_ref().unwrap();
+    assert_eq!(
+        t.tool_format(),
+        Some(lampo_model::tools::ToolFormat::Llama3Json)
+    );
+    // <|eot_id|> (the file's end token) and <|eom_id|> end a turn.
+    for text in ["<|eot_id|>", "<|eom_id|>"] {
+        let ids = lm.tokenizer.encode(text, false, true).unwrap();
+        assert_eq!(ids.len(), 1, "{text}");
+        assert!(lm.tokenizer.is_eog(ids[0]), "{text}");
+    }
+}

@@ -69,6 +69,14 @@ MODELS = {
                                eps=1e-5, tied=True, template="meta-llama-Llama-3.1-8B-Instruct.jinja",
                                added_tokens={128008: "<|eom_id|>", 128010: "<|python_tag|>"},
                                eos=128009, eom=128008),
+    # Mistral with a v3 tokenizer: the real Mistral Nemo chat template
+    # ([TOOL_CALLS] lists), its control tokens appended to the Llama/Mistral
+    # sentencepiece vocabulary.
+    "mistral-tools-tiny": dict(arch="llama", vocab="llama-spm", seed=53, n_embd=64, n_head=4, n_head_kv=1,
+                               head_dim=16, n_ff=128, n_layer=2, ctx=8192, rope_base=1_000_000.0,
+                               eps=1e-5, tied=True, template="mistralai-Mistral-Nemo-Instruct-2407.jinja",
+                               appended_tokens=["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                                                "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]),
 }
 
 
@@ -103,6 +111,7 @@ def copy_tokenizer(writer, vocab_path, m):
     if "template" in m:
         with open(os.path.join(MODELS_DIR, "vocab", "templates", m["template"])) as f:
             overrides["tokenizer.chat_template"] = (f.read(), gguf.GGUFValueType.STRING)
+    appended = m.get("appended_tokens", [])
     for name, field in reader.fields.items():
         if not name.startswith("tokenizer.") or name in overrides:
             continue
@@ -112,7 +121,12 @@ def copy_tokenizer(writer, vocab_path, m):
             if name == "tokenizer.ggml.tokens":
                 for i, text in m.get("added_tokens", {}).items():
                     value[i] = text
+                value += appended
                 tokens = value
+            elif name == "tokenizer.ggml.token_type":
+                value += [int(gguf.TokenType.CONTROL)] * len(appended)
+            elif name == "tokenizer.ggml.scores":
+                value += [0.0] * len(appended)
             writer.add_key_value(name, value, main, sub_type=field.types[-1])
         else:
             writer.add_key_value(name, value, main)

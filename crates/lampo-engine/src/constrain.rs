@@ -235,14 +235,18 @@ impl<B: Backend> TokenizerEnv for Vocabulary<B> {
         &self.trie
     }
 
+    /// The model's own tokenization of `s` where it spells exactly `s`;
+    /// otherwise (a sentencepiece tokenizer adds its leading "▁" to text
+    /// that begins a prompt, not to forced bytes mid-answer) the trie's
+    /// greedy one.
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<toktrie::TokenId> {
-        match std::str::from_utf8(s) {
-            Ok(text) => self
-                .model
-                .tokenizer
-                .encode(text, false, false)
-                .unwrap_or_else(|_| self.trie.greedy_tokenize(s)),
-            Err(_) => self.trie.greedy_tokenize(s),
+        let tok = &self.model.tokenizer;
+        if let Ok(text) = std::str::from_utf8(s)
+            && let Ok(ids) = tok.encode(text, false, false)
+            && ids.iter().flat_map(|&t| tok.token_bytes(t)).eq(s.iter())
+        {
+            return ids;
         }
+        self.trie.greedy_tokenize(s)
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use lampo_engine::{Constraint, Engine, Grammar};
+use lampo_model::TokenKind;
 use lampo_model::reasoning::{self, Part, Reasoning, ReasoningParser};
 use lampo_model::tools::{CallParser, Piece, ToolChoice, ToolFormat, ToolSpec};
 use serde_json::{Value, json};
@@ -182,11 +183,20 @@ pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
             out.template_tools = Some(serde_json::to_value(&tools).expect("tools serialize"));
             out.calls = Some(format);
             let parallel = asked.parallel_tool_calls.unwrap_or(true);
+            // A lead the vocabulary holds as a control token is named by id.
+            let lead_token = format.lead().and_then(|lead| {
+                let ids = lm.tokenizer.encode(lead, false, true).ok()?;
+                match ids[..] {
+                    [id] if lm.tokenizer.kind(id) == Some(TokenKind::Control) => Some(id),
+                    _ => None,
+                }
+            });
             Some(Grammar::Lark(format.grammar(
                 &specs,
                 &choice,
                 parallel,
                 answer.as_ref(),
+                lead_token,
             )))
         }
         None => answer.clone().map(Grammar::JsonSchema),
@@ -315,9 +325,15 @@ fn blame(engine: &Engine, specs: &[ToolSpec], has_answer: bool, error: String) -
     }
 }
 
-/// A fresh call id, as OpenAI shapes them.
-pub fn call_id() -> String {
-    crate::state::random_id("call")
+/// A fresh call id, as OpenAI shapes them, or nine letters and digits
+/// for formats whose templates take only those.
+pub fn call_id(format: ToolFormat) -> String {
+    let id = crate::state::random_id("call");
+    if format.short_call_ids() {
+        id[id.len() - 9..].to_string()
+    } else {
+        id
+    }
 }
 
 /// A chat answer split into reasoning, text and calls.
@@ -353,7 +369,7 @@ pub fn split_answer(thoughts: Option<Thoughts>, calls: Option<ToolFormat>, text:
         match piece {
             Piece::Content(t) => content.push_str(&t),
             Piece::CallStart { name, .. } => tool_calls.push(ToolCall {
-                id: call_id(),
+                id: call_id(format),
                 kind: "function",
                 function: FunctionCall {
                     name,
@@ -378,14 +394,14 @@ pub fn split_answer(thoughts: Option<Thoughts>, calls: Option<ToolFormat>, text:
 pub struct DeltaStream {
     /// The reasoning parser, and whether the client sees the reasoning.
     thoughts: Option<(ReasoningParser, bool)>,
-    calls: Option<CallParser>,
+    calls: Option<(CallParser, ToolFormat)>,
 }
 
 impl DeltaStream {
     pub fn new(thoughts: Option<Thoughts>, calls: Option<ToolFormat>) -> DeltaStream {
         DeltaStream {
             thoughts: thoughts.map(|t| (t.reasoning.parser(t.inside), t.show)),
-            calls: calls.map(|f| f.parser()),
+            calls: calls.map(|f| (f.parser(), f)),
         }
     }
 
@@ -423,7 +439,7 @@ impl DeltaStream {
             content: Some(t),
             ..ChatDelta::default()
         };
-        let Some(parser) = &mut self.calls else {
+        let Some((parser, format)) = &mut self.calls else {
             if !text.is_empty() {
                 out.push(content(text.to_string()));
             }
@@ -433,6 +449,7 @@ impl DeltaStream {
         if end {
             pieces.extend(parser.finish());
         }
+        let format = *format;
         let call = |d: ToolCallDelta| ChatDelta {
             tool_calls: vec![d],
             ..ChatDelta::default()
@@ -441,7 +458,7 @@ impl DeltaStream {
             Piece::Content(t) => content(t),
             Piece::CallStart { index, name } => call(ToolCallDelta {
                 index,
-                id: Some(call_id()),
+                id: Some(call_id(format)),
                 kind: Some("function"),
                 function: FunctionDelta {
                     name: Some(name),
@@ -462,7 +479,7 @@ impl DeltaStream {
 
     /// Whether any call was sent.
     pub fn called(&self) -> bool {
-        self.calls.as_ref().is_some_and(|p| p.calls() > 0)
+        self.calls.as_ref().is_some_and(|(p, _)| p.calls() > 0)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Tool calls in formats other than Hermes, through the chat API: Llama
-//! 3.x's JSON calls, on a synthetic Llama model that carries the real Llama
-//! 3.1 chat template (random weights, so the calls are the grammar's doing;
-//! the parser's own tests cover free text). Needs `make test-models`.
+//! 3.x's JSON calls and Mistral's `[TOOL_CALLS]` lists, on synthetic models
+//! that carry the real Llama 3.1 and Mistral Nemo chat templates (random
+//! weights, so the calls are the grammar's doing; the parsers' own tests
+//! cover free text). Needs `make test-models`.
 
 #[path = "api/common.rs"]
 mod common;
@@ -12,27 +13,30 @@ use common::*;
 use lampo_model::LoadedModel;
 use serde_json::{Value, json};
 
-const NAME: &str = "llama31";
+const NAME: &str = "tools";
+
+fn synthetic(file: &str) -> Arc<LoadedModel> {
+    let path = models_dir().join("synthetic").join(file);
+    Arc::new(LoadedModel::load(&path).expect("run make test-models"))
+}
 
 fn llama31() -> Arc<LoadedModel> {
     static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    LM.get_or_init(|| {
-        let path = models_dir().join("synthetic/llama31-tools-tiny.gguf");
-        Arc::new(LoadedModel::load(&path).expect("run make test-models"))
-    })
-    .clone()
+    LM.get_or_init(|| synthetic("llama31-tools-tiny.gguf"))
+        .clone()
 }
 
-async fn serve_llama() -> SocketAddr {
+fn mistral() -> Arc<LoadedModel> {
+    static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    LM.get_or_init(|| synthetic("mistral-tools-tiny.gguf"))
+        .clone()
+}
+
+async fn serve_on(lm: Arc<LoadedModel>) -> SocketAddr {
     let server = ServerConfig::new(NAME);
-    serve_model(
-        llama31(),
-        EngineConfig::new(2048),
-        server,
-        Limits::default(),
-    )
-    .await
-    .1
+    serve_model(lm, EngineConfig::new(2048), server, Limits::default())
+        .await
+        .1
 }
 
 fn tools() -> Value {
@@ -62,7 +66,21 @@ fn ask(extra: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
-    let addr = serve_llama().await;
+    calls_are_constrained_parsed_and_streamed(llama31(), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mistral_tool_call_lists_are_constrained_parsed_and_streamed() {
+    calls_are_constrained_parsed_and_streamed(mistral(), 2).await;
+}
+
+/// Named and required calls (at most `most` in one answer, with
+/// `parallel_tool_calls` at its default), streamed as they are whole, and
+/// a second turn with the call and its result; then `auto`.
+async fn calls_are_constrained_parsed_and_streamed(lm: Arc<LoadedModel>, most: usize) {
+    let mistral = lm.chat_template.as_ref().unwrap().tool_format()
+        == Some(lampo_model::tools::ToolFormat::MistralList);
+    let addr = serve_on(lm).await;
     for (choice, names) in [
         (
             json!({"type": "function", "function": {"name": "get_time"}}),
@@ -70,22 +88,31 @@ async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
         ),
         (json!("required"), &["get_weather", "get_time"][..]),
     ] {
-        // parallel_tool_calls is true by default; Llama 3.x writes one call.
+        let named = choice.is_object();
         let req = ask(json!({"tool_choice": choice}));
         let (got, body) = whole(addr, req.clone()).await;
         assert_eq!(got.finish, "tool_calls", "{body}");
-        assert_eq!(got.calls.len(), 1, "{body}");
-        let (name, args) = &got.calls[0];
-        assert!(names.contains(&name.as_str()), "{body}");
-        let args: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{e}: {body}"));
-        let key = if name == "get_time" { "zone" } else { "city" };
-        assert!(
-            args[key].is_string() && args.as_object().unwrap().len() == 1,
-            "{body}"
-        );
+        let n = got.calls.len();
+        assert!(n >= 1 && n <= if named { 1 } else { most }, "{body}");
+        for (name, args) in &got.calls {
+            assert!(names.contains(&name.as_str()), "{body}");
+            let args: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let key = if name == "get_time" { "zone" } else { "city" };
+            assert!(
+                args[key].is_string() && args.as_object().unwrap().len() == 1,
+                "{body}"
+            );
+        }
         assert_eq!(got.content, "", "{body}");
         let message = &body["choices"][0]["message"];
-        assert!(message["tool_calls"][0]["id"].is_string());
+        let id = message["tool_calls"][0]["id"].as_str().unwrap();
+        if mistral {
+            // Mistral's template takes back only ids of nine letters and digits.
+            assert!(
+                id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{id}"
+            );
+        }
         assert_eq!(stream(addr, req).await, got);
 
         // The call and its result go back into the template for the next turn.
@@ -93,7 +120,7 @@ async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
             "messages": [
                 {"role": "user", "content": "What is the weather in Paris?"},
                 message,
-                {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "18 C"},
+                {"role": "tool", "tool_call_id": id, "content": "18 C"},
             ],
             "tool_choice": "none",
         });
@@ -105,10 +132,9 @@ async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
         );
     }
 
-    // auto: the model may answer in text (not beginning like a call) or call.
+    // auto: the model may answer in text or call.
     let (got, body) = whole(addr, ask(json!({"tool_choice": "auto"}))).await;
     if got.calls.is_empty() {
-        assert!(!got.content.trim_start().starts_with('{'), "{body}");
         assert!(!got.content.is_empty(), "{body}");
     } else {
         assert_eq!(got.finish, "tool_calls", "{body}");
@@ -116,7 +142,11 @@ async fn llama3_json_calls_are_constrained_parsed_and_streamed() {
 }
 
 #[test]
-fn the_template_teaches_llama3_json_calls() {
+fn the_templates_teach_their_formats() {
+    assert_eq!(
+        mistral().chat_template.as_ref().unwrap().tool_format(),
+        Some(lampo_model::tools::ToolFormat::MistralList)
+    );
     let lm = llama31();
     let t = lm.chat_template.as_ref().unwrap();
     assert_eq!(

@@ -1,16 +1,45 @@
-//! Calls written as bare JSON objects, as Llama 3.1-3.3 write them: an
-//! answer that is `{"name": ..., "parameters": {...}}` (perhaps after
-//! `<|python_tag|>`) is a call; any other answer is content. The
-//! arguments stream as they come: a scan of the JSON (strings, escapes,
-//! nesting) knows exactly where they end, so no text is held back but
-//! what is not yet certain to be a call.
+//! Calls written as JSON objects: as Llama 3.1-3.3 write them, an answer
+//! that is `{"name": ..., "parameters": {...}}` (perhaps after
+//! `<|python_tag|>`), any other answer being content; as Mistral writes
+//! them, `[TOOL_CALLS]` and a list of `{"name": ..., "arguments": {...}}`,
+//! after text or not. The arguments stream as they come: a scan of the
+//! JSON (strings, escapes, nesting) knows exactly where they end, so no
+//! text is held back but what is not yet certain to be a call.
 
 use serde_json::Value;
 
 use super::{Piece, call_head};
 
-/// What Llama 3.1 may write before a call.
-const PYTHON_TAG: &str = "<|python_tag|>";
+/// How a format frames its JSON calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Framing {
+    /// Text that may (Llama 3.1's `<|python_tag|>`) or must (Mistral's
+    /// `[TOOL_CALLS]`) come before the calls.
+    pub(super) lead: &'static str,
+    /// Whether the calls need the lead; then they may follow text.
+    lead_required: bool,
+    /// Whether the calls come as a JSON list, `[{...}, {...}]`.
+    list: bool,
+    /// The key the arguments are written under.
+    key: &'static str,
+}
+
+/// Llama 3.1-3.3: the answer is one `{"name": ..., "parameters": {...}}`.
+pub const LLAMA3: Framing = Framing {
+    lead: "<|python_tag|>",
+    lead_required: false,
+    list: false,
+    key: "parameters",
+};
+
+/// Mistral (v3 tokenizers: Mistral 7B v0.3, Nemo, Small 2409):
+/// `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`.
+pub const MISTRAL: Framing = Framing {
+    lead: "[TOOL_CALLS]",
+    lead_required: true,
+    list: true,
+    key: "arguments",
+};
 
 /// Where a JSON value ends: nesting and string state, byte by byte.
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,21 +78,25 @@ impl Scan {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Only whitespace (or part of the python tag) so far.
+    /// Only whitespace (or part of the lead) so far, where calls need
+    /// no lead.
     Start,
-    /// In the call's object, `pending` holding it from its `{`.
+    /// After the lead: a list's brackets and commas, or a call's `{`.
+    Section,
+    /// In a call's object, `pending` holding it from its `{`.
     Call,
-    /// After the call: whitespace is dropped, anything else is content.
+    /// After the calls: whitespace is dropped, anything else is content.
     After,
-    /// The answer is text.
+    /// Text (in which, where calls need the lead, the lead is looked for).
     Content,
 }
 
 #[derive(Debug)]
 pub struct JsonCallParser {
-    /// The key the arguments are written under.
-    key: &'static str,
+    framing: Framing,
     state: State,
+    /// Inside a list of calls.
+    in_list: bool,
     pending: String,
     /// Bytes of `pending` scanned for the object's end.
     scanned: usize,
@@ -75,10 +108,15 @@ pub struct JsonCallParser {
 }
 
 impl JsonCallParser {
-    pub fn new(key: &'static str) -> JsonCallParser {
+    pub fn new(framing: Framing) -> JsonCallParser {
         JsonCallParser {
-            key,
-            state: State::Start,
+            framing,
+            state: if framing.lead_required {
+                State::Content
+            } else {
+                State::Start
+            },
+            in_list: false,
             pending: String::new(),
             scanned: 0,
             object: Scan::default(),
@@ -93,22 +131,47 @@ impl JsonCallParser {
 
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.pending.push_str(text);
+        let lead = self.framing.lead;
         let mut out = Vec::new();
         loop {
             match self.state {
                 State::Start => {
                     let mut rest = self.pending.trim_start();
-                    if let Some(r) = rest.strip_prefix(PYTHON_TAG) {
+                    if let Some(r) = rest.strip_prefix(lead) {
                         rest = r.trim_start();
                     }
                     if rest.starts_with('{') {
                         let at = self.pending.len() - rest.len();
                         self.pending.drain(..at);
                         self.state = State::Call;
-                    } else if rest.is_empty() || PYTHON_TAG.starts_with(rest) {
+                    } else if rest.is_empty() || lead.starts_with(rest) {
                         break;
                     } else {
                         self.state = State::Content;
+                    }
+                }
+                State::Section => {
+                    let kept = self.pending.trim_start().len();
+                    self.pending.drain(..self.pending.len() - kept);
+                    match self.pending.chars().next() {
+                        None => break,
+                        Some('{') => self.state = State::Call,
+                        Some('[') if self.framing.list && !self.in_list => {
+                            self.pending.drain(..1);
+                            self.in_list = true;
+                        }
+                        Some(',') if self.in_list => {
+                            self.pending.drain(..1);
+                        }
+                        Some(']') if self.in_list => {
+                            self.pending.drain(..1);
+                            self.in_list = false;
+                            self.state = State::After;
+                        }
+                        Some(_) => {
+                            self.in_list = false;
+                            self.state = State::After;
+                        }
                     }
                 }
                 State::Call => {
@@ -124,6 +187,25 @@ impl JsonCallParser {
                         break;
                     }
                     self.state = State::Content;
+                }
+                State::Content if self.framing.lead_required => {
+                    if let Some(at) = self.pending.find(lead) {
+                        let before: String = self.pending.drain(..at + lead.len()).collect();
+                        if at > 0 {
+                            out.push(Piece::Content(before[..at].to_string()));
+                        }
+                        self.state = State::Section;
+                        continue;
+                    }
+                    // Keep a tail that may be the start of the lead.
+                    let keep = (0..self.pending.len())
+                        .filter(|&i| self.pending.is_char_boundary(i))
+                        .find(|&i| lead.starts_with(&self.pending[i..]))
+                        .unwrap_or(self.pending.len());
+                    if keep > 0 {
+                        out.push(Piece::Content(self.pending.drain(..keep).collect()));
+                    }
+                    break;
                 }
                 State::Content => {
                     if !self.pending.is_empty() {
@@ -165,7 +247,7 @@ impl JsonCallParser {
     /// ended (the state moved on).
     fn scan(&mut self, out: &mut Vec<Piece>) -> bool {
         if self.args.is_none()
-            && let Some((name, start)) = call_head(&self.pending, self.key)
+            && let Some((name, start)) = call_head(&self.pending, self.framing.key)
         {
             out.push(Piece::CallStart {
                 index: self.calls,
@@ -221,7 +303,7 @@ impl JsonCallParser {
             None => {
                 let parsed: Option<Value> = serde_json::from_str(&object).ok();
                 let name = parsed.as_ref().and_then(|v| v.get("name")?.as_str());
-                match (name, parsed.as_ref().and_then(|v| v.get(self.key))) {
+                match (name, parsed.as_ref().and_then(|v| v.get(self.framing.key))) {
                     (Some(name), Some(arguments)) => {
                         out.push(Piece::CallStart {
                             index: self.calls,
@@ -233,15 +315,24 @@ impl JsonCallParser {
                         });
                         self.calls += 1;
                     }
+                    // Not a call: as written, with what follows.
                     _ => {
                         self.pending.insert_str(0, &object);
+                        if self.in_list {
+                            out.push(Piece::Content(std::mem::take(&mut self.pending)));
+                        }
+                        self.in_list = false;
                         self.state = State::Content;
                         return true;
                     }
                 }
             }
         }
-        self.state = State::After;
+        self.state = if self.in_list {
+            State::Section
+        } else {
+            State::After
+        };
         true
     }
 
@@ -268,6 +359,39 @@ mod tests {
 
     fn llama(pieces: &[&str]) -> (String, Vec<(String, String)>) {
         parse(ToolFormat::Llama3Json, pieces)
+    }
+
+    fn mistral(pieces: &[&str]) -> (String, Vec<(String, String)>) {
+        parse(ToolFormat::MistralList, pieces)
+    }
+
+    #[test]
+    fn mistral_lists_parse_the_same_however_the_text_is_cut() {
+        let text = "Checking. [TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"q\": \"[x], {y}\"}, \"id\": \"abc123def\"}, {\"name\": \"b\", \"arguments\": {}}]";
+        let want = (
+            "Checking. ".to_string(),
+            vec![
+                ("a".to_string(), "{\"q\": \"[x], {y}\"}".to_string()),
+                ("b".to_string(), "{}".to_string()),
+            ],
+        );
+        for cut in splits(text) {
+            assert_eq!(mistral(&cut), want, "{cut:?}");
+        }
+        for text in [
+            "No tools needed [here].",
+            "[TOOL_",
+            "{\"name\": \"a\", \"arguments\": {}}",
+        ] {
+            for cut in splits(text) {
+                assert_eq!(mistral(&cut), (text.to_string(), vec![]), "{cut:?}");
+            }
+        }
+        // Cut off inside the list.
+        assert_eq!(
+            mistral(&["[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"q\": 1"]),
+            (String::new(), vec![("a".into(), "{\"q\": 1".into())])
+        );
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! a grammar that admits only valid calls in that format, and a parser
 //! that turns the model's text back into calls while it streams.
 //!
-//! Lampo knows two formats: Hermes (Qwen2.5, Qwen3, Hermes models:
-//! `<tool_call>` blocks, [`hermes`]) and Llama 3.x's JSON calls (the
-//! answer is one `{"name": ..., "parameters": {...}}` object, [`json`]).
+//! Lampo knows three formats: Hermes (Qwen2.5, Qwen3, Hermes models:
+//! `<tool_call>` blocks, [`hermes`]), Llama 3.x's JSON calls (the answer
+//! is one `{"name": ..., "parameters": {...}}` object) and Mistral's
+//! `[TOOL_CALLS]` list ([`json`]).
 
 mod hermes;
 mod json;
@@ -20,6 +21,10 @@ pub enum ToolFormat {
     /// Llama 3.1-3.3: the whole answer is `{"name": ..., "parameters": {...}}`
     /// (one call; the templates refuse several).
     Llama3Json,
+    /// Mistral with v3 tokenizers (7B v0.3, Nemo, Small 2409):
+    /// `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`, call ids of
+    /// nine letters and digits.
+    MistralList,
 }
 
 /// A function the model may call: its name and a JSON schema of its
@@ -60,6 +65,9 @@ impl ToolFormat {
         }
         if source.contains(hermes::OPEN) {
             Some(ToolFormat::Hermes)
+        } else if source.contains(json::MISTRAL.lead) && !source.contains("[ARGS]") {
+            // ([ARGS] marks the later `[TOOL_CALLS]name[ARGS]{...}` format.)
+            Some(ToolFormat::MistralList)
         } else if source.contains("<|start_header_id|>") && source.contains("\"parameters\"") {
             Some(ToolFormat::Llama3Json)
         } else {
@@ -70,27 +78,43 @@ impl ToolFormat {
     /// The key a call's arguments are written under.
     fn arguments_key(&self) -> &'static str {
         match self {
-            ToolFormat::Hermes => "arguments",
+            ToolFormat::Hermes | ToolFormat::MistralList => "arguments",
             ToolFormat::Llama3Json => "parameters",
         }
     }
 
     /// Whether the format can hold several calls in one answer.
     pub fn parallel(&self) -> bool {
-        matches!(self, ToolFormat::Hermes)
+        !matches!(self, ToolFormat::Llama3Json)
+    }
+
+    /// The text that opens the calls, where it is a token of its own in
+    /// the model's vocabulary (Mistral's `[TOOL_CALLS]`): the grammar
+    /// names that token (`lead_token` of [`ToolFormat::grammar`]).
+    pub fn lead(&self) -> Option<&'static str> {
+        matches!(self, ToolFormat::MistralList).then_some(json::MISTRAL.lead)
+    }
+
+    /// Whether call ids must be nine letters and digits (Mistral's
+    /// templates refuse others when the calls come back).
+    pub fn short_call_ids(&self) -> bool {
+        matches!(self, ToolFormat::MistralList)
     }
 
     /// A grammar (llguidance's Lark syntax) for output under `choice`:
     /// calls to `tools` whose arguments match their schemas, one call
     /// unless `parallel`. With `Auto` the output may instead be text (that
     /// does not begin like a call) or, when `answer` is given, a JSON
-    /// value matching that schema.
+    /// value matching that schema. `lead_token`: the id of the
+    /// [`ToolFormat::lead`] token, when the vocabulary has it as a
+    /// control token (text cannot spell those).
     pub fn grammar(
         &self,
         tools: &[ToolSpec],
         choice: &ToolChoice,
         parallel: bool,
         answer: Option<&Value>,
+        lead_token: Option<u32>,
     ) -> String {
         let allowed: Vec<&ToolSpec> = match choice {
             ToolChoice::Named(name) => tools.iter().filter(|t| &t.name == name).collect(),
@@ -120,14 +144,28 @@ impl ToolFormat {
             ToolChoice::Auto => "start: answer | calls\n",
             _ => "start: calls\n",
         });
-        g.push_str(if many {
-            "calls: call (\"\\n\" call)*\n"
+        let sep = match self {
+            ToolFormat::Hermes => "\"\\n\"",
+            _ => "\", \"",
+        };
+        let list = if many {
+            format!("call ({sep} call)*")
         } else {
-            "calls: call\n"
-        });
+            "call".to_string()
+        };
+        match self {
+            ToolFormat::MistralList => {
+                let lead = match lead_token {
+                    Some(id) => format!("<[{id}]>"),
+                    None => serde_json::to_string(json::MISTRAL.lead).expect("a string"),
+                };
+                g.push_str(&format!("calls: {lead} \"[\" {list} \"]\"\n"));
+            }
+            _ => g.push_str(&format!("calls: {list}\n")),
+        }
         g.push_str(match self {
             ToolFormat::Hermes => "call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n",
-            ToolFormat::Llama3Json => "call: body\n",
+            _ => "call: body\n",
         });
         g.push_str(&format!("body: %json {body}\n"));
         if let ToolChoice::Auto = choice {
@@ -145,6 +183,7 @@ impl ToolFormat {
                 None => g.push_str(match self {
                     ToolFormat::Hermes => "answer: TEXT\nTEXT: /[^<\\s](.|\\n)*/\n",
                     ToolFormat::Llama3Json => "answer: TEXT\nTEXT: /[^{\\s](.|\\n)*/\n",
+                    ToolFormat::MistralList => "answer: TEXT\nTEXT: /[^\\[\\s](.|\\n)*/\n",
                 }),
             }
         }
@@ -154,9 +193,8 @@ impl ToolFormat {
     pub fn parser(&self) -> CallParser {
         match self {
             ToolFormat::Hermes => CallParser::Hermes(hermes::HermesParser::default()),
-            ToolFormat::Llama3Json => {
-                CallParser::Json(json::JsonCallParser::new(self.arguments_key()))
-            }
+            ToolFormat::Llama3Json => CallParser::Json(json::JsonCallParser::new(json::LLAMA3)),
+            ToolFormat::MistralList => CallParser::Json(json::JsonCallParser::new(json::MISTRAL)),
         }
     }
 }
@@ -281,6 +319,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn formats_are_read_from_templates() {
+        let of = ToolFormat::of_template;
+        assert_eq!(
+            of("{% if tools %}<tool_call>{% endif %}"),
+            Some(ToolFormat::Hermes)
+        );
+        assert_eq!(
+            of("{{ '<|start_header_id|>' }}{% if tools %}\"parameters\": {% endif %}"),
+            Some(ToolFormat::Llama3Json)
+        );
+        assert_eq!(
+            of("{% if tools %}[TOOL_CALLS][{% endif %}"),
+            Some(ToolFormat::MistralList)
+        );
+        assert_eq!(
+            of("{% if tools %}[TOOL_CALLS]{{ name }}[ARGS]{% endif %}"),
+            None
+        );
+        assert_eq!(of("{{ messages }}"), None);
+    }
+
+    #[test]
     fn grammars_name_the_allowed_calls() {
         let tools = vec![
             ToolSpec {
@@ -292,18 +352,36 @@ mod tests {
                 parameters: json!({"type": "object"}),
             },
         ];
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Named("b".into()), true, None);
+        let g =
+            ToolFormat::Hermes.grammar(&tools, &ToolChoice::Named("b".into()), true, None, None);
         assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
         assert!(
             g.contains("{\"const\":\"b\"}") && !g.contains("{\"const\":\"a\"}"),
             "{g}"
         );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Required, true, None);
+        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Required, true, None, None);
         assert!(
             g.contains("calls: call (\"\\n\" call)*") && g.contains("anyOf"),
             "{g}"
         );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Auto, false, None);
+        let g = ToolFormat::Llama3Json.grammar(&tools, &ToolChoice::Required, true, None, None);
+        assert!(
+            g.starts_with("start: calls\ncalls: call\ncall: body\n")
+                && g.contains("\"parameters\""),
+            "{g}"
+        );
+        let g = ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, true, None, Some(5));
+        assert!(
+            g.contains("calls: <[5]> \"[\" call (\", \" call)* \"]\"\n")
+                && g.contains("\"arguments\""),
+            "{g}"
+        );
+        let g = ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, false, None, None);
+        assert!(
+            g.contains("calls: \"[TOOL_CALLS]\" \"[\" call \"]\"\n"),
+            "{g}"
+        );
+        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Auto, false, None, None);
         assert!(
             g.starts_with("start: answer | calls\ncalls: call\n") && g.contains("TEXT"),
             "{g}"

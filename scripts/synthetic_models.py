@@ -77,6 +77,15 @@ MODELS = {
                                eps=1e-5, tied=True, template="mistralai-Mistral-Nemo-Instruct-2407.jinja",
                                appended_tokens=["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
                                                 "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]),
+    # Mistral with a v11+ tokenizer: the real Mistral Small 3.2 chat template
+    # ([TOOL_CALLS]name[ARGS]{...}), its control tokens appended likewise.
+    "mistral3-tools-tiny": dict(arch="llama", vocab="llama-spm", seed=59, n_embd=64, n_head=4, n_head_kv=1,
+                                head_dim=16, n_ff=128, n_layer=2, ctx=8192, rope_base=1_000_000.0,
+                                eps=1e-5, tied=True, template="Mistral-Small-3.2-24B-Instruct-2506.jinja",
+                                appended_tokens=["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                                                 "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+                                                 "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[ARGS]", "[CALL_ID]",
+                                                 "[TOOL_CONTENT]", "[IMG]"]),
 }
 
 

@@ -193,7 +193,7 @@ fn tool_call_grammars_give_valid_calls() {
         (ToolChoice::Named("get_time".into()), true),
     ] {
         for sampling in samplings() {
-            let grammar = format.grammar(&tools, &choice, parallel, None, None);
+            let grammar = format.grammar(&tools, &choice, parallel, None, &|_| None);
             let (text, finish) = run(
                 &engine,
                 "What is the weather in Paris?",

@@ -14,6 +14,7 @@ fn template_of(name: &str) -> ChatTemplate {
         "qwen3" => "synthetic/qwen3-think-tiny.gguf",
         "llama31" => "synthetic/llama31-tools-tiny.gguf",
         "mistral" => "synthetic/mistral-tools-tiny.gguf",
+        "mistral3" => "synthetic/mistral3-tools-tiny.gguf",
         other => panic!("unknown model {other}"),
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +52,7 @@ fn renders_exactly_like_hugging_face() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/chat_reference.json")).expect("fixture parses");
     let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 21);
+    assert!(cases.len() >= 25);
     for (i, case) in cases.iter().enumerate() {
         let name = case["model"].as_str().unwrap();
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();

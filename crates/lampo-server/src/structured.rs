@@ -183,20 +183,20 @@ pub fn plan(engine: &Engine, asked: Asked) -> Result<Structure, ApiError> {
             out.template_tools = Some(serde_json::to_value(&tools).expect("tools serialize"));
             out.calls = Some(format);
             let parallel = asked.parallel_tool_calls.unwrap_or(true);
-            // A lead the vocabulary holds as a control token is named by id.
-            let lead_token = format.lead().and_then(|lead| {
-                let ids = lm.tokenizer.encode(lead, false, true).ok()?;
+            // Tags the vocabulary holds as control tokens are named by id.
+            let special = |text: &str| {
+                let ids = lm.tokenizer.encode(text, false, true).ok()?;
                 match ids[..] {
                     [id] if lm.tokenizer.kind(id) == Some(TokenKind::Control) => Some(id),
                     _ => None,
                 }
-            });
+            };
             Some(Grammar::Lark(format.grammar(
                 &specs,
                 &choice,
                 parallel,
                 answer.as_ref(),
-                lead_token,
+                &special,
             )))
         }
         None => answer.clone().map(Grammar::JsonSchema),

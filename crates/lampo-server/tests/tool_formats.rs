@@ -1,6 +1,7 @@
 //! Tool calls in formats other than Hermes, through the chat API: Llama
-//! 3.x's JSON calls and Mistral's `[TOOL_CALLS]` lists, on synthetic models
-//! that carry the real Llama 3.1 and Mistral Nemo chat templates (random
+//! 3.x's JSON calls, Mistral's `[TOOL_CALLS]` lists and its later
+//! `[TOOL_CALLS]name[ARGS]{...}`, on synthetic models that carry the real
+//! Llama 3.1, Mistral Nemo and Mistral Small 3.2 chat templates (random
 //! weights, so the calls are the grammar's doing; the parsers' own tests
 //! cover free text). Needs `make test-models`.
 
@@ -29,6 +30,12 @@ fn llama31() -> Arc<LoadedModel> {
 fn mistral() -> Arc<LoadedModel> {
     static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
     LM.get_or_init(|| synthetic("mistral-tools-tiny.gguf"))
+        .clone()
+}
+
+fn mistral3() -> Arc<LoadedModel> {
+    static LM: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    LM.get_or_init(|| synthetic("mistral3-tools-tiny.gguf"))
         .clone()
 }
 
@@ -74,12 +81,19 @@ async fn mistral_tool_call_lists_are_constrained_parsed_and_streamed() {
     calls_are_constrained_parsed_and_streamed(mistral(), 2).await;
 }
 
-/// Named and required calls (at most `most` in one answer, with
-/// `parallel_tool_calls` at its default), streamed as they are whole, and
+#[tokio::test(flavor = "multi_thread")]
+async fn mistral_named_calls_are_constrained_parsed_and_streamed() {
+    // One call per answer: a random model would go on calling to the token
+    // limit (the parser's tests cover several).
+    calls_are_constrained_parsed_and_streamed(mistral3(), 1).await;
+}
+
+/// Named and required calls (at most `most` in one answer; with
+/// `parallel_tool_calls` false when that is one), streamed as they are whole, and
 /// a second turn with the call and its result; then `auto`.
 async fn calls_are_constrained_parsed_and_streamed(lm: Arc<LoadedModel>, most: usize) {
-    let mistral = lm.chat_template.as_ref().unwrap().tool_format()
-        == Some(lampo_model::tools::ToolFormat::MistralList);
+    let format = lm.chat_template.as_ref().unwrap().tool_format();
+    let mistral = format.is_some_and(|f| f.short_call_ids());
     let addr = serve_on(lm).await;
     for (choice, names) in [
         (
@@ -89,7 +103,7 @@ async fn calls_are_constrained_parsed_and_streamed(lm: Arc<LoadedModel>, most: u
         (json!("required"), &["get_weather", "get_time"][..]),
     ] {
         let named = choice.is_object();
-        let req = ask(json!({"tool_choice": choice}));
+        let req = ask(json!({"tool_choice": choice, "parallel_tool_calls": most > 1}));
         let (got, body) = whole(addr, req.clone()).await;
         assert_eq!(got.finish, "tool_calls", "{body}");
         let n = got.calls.len();
@@ -143,6 +157,10 @@ async fn calls_are_constrained_parsed_and_streamed(lm: Arc<LoadedModel>, most: u
 
 #[test]
 fn the_templates_teach_their_formats() {
+    assert_eq!(
+        mistral3().chat_template.as_ref().unwrap().tool_format(),
+        Some(lampo_model::tools::ToolFormat::MistralNamed)
+    );
     assert_eq!(
         mistral().chat_template.as_ref().unwrap().tool_format(),
         Some(lampo_model::tools::ToolFormat::MistralList)

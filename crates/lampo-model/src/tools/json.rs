@@ -43,7 +43,7 @@ pub const MISTRAL: Framing = Framing {
 
 /// Where a JSON value ends: nesting and string state, byte by byte.
 #[derive(Clone, Copy, Debug, Default)]
-struct Scan {
+pub(super) struct Scan {
     depth: usize,
     in_string: bool,
     escaped: bool,
@@ -51,7 +51,7 @@ struct Scan {
 
 impl Scan {
     /// Feeds one byte of an object, array or string; true once it is complete.
-    fn feed(&mut self, b: u8) -> bool {
+    pub(super) fn feed(&mut self, b: u8) -> bool {
         if self.in_string {
             if self.escaped {
                 self.escaped = false;

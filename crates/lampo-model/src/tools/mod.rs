@@ -2,13 +2,15 @@
 //! a grammar that admits only valid calls in that format, and a parser
 //! that turns the model's text back into calls while it streams.
 //!
-//! Lampo knows three formats: Hermes (Qwen2.5, Qwen3, Hermes models:
+//! Lampo knows four formats: Hermes (Qwen2.5, Qwen3, Hermes models:
 //! `<tool_call>` blocks, [`hermes`]), Llama 3.x's JSON calls (the answer
-//! is one `{"name": ..., "parameters": {...}}` object) and Mistral's
-//! `[TOOL_CALLS]` list ([`json`]).
+//! is one `{"name": ..., "parameters": {...}}` object), Mistral's
+//! `[TOOL_CALLS]` list ([`json`]) and Mistral's later
+//! `[TOOL_CALLS]name[ARGS]{...}` ([`named`]).
 
 mod hermes;
 mod json;
+mod named;
 
 use serde_json::{Value, json};
 
@@ -25,6 +27,9 @@ pub enum ToolFormat {
     /// `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`, call ids of
     /// nine letters and digits.
     MistralList,
+    /// Mistral with v11+ tokenizers (Small 3.x, Devstral, Magistral):
+    /// `[TOOL_CALLS]name[ARGS]{...}` per call, ids as for `MistralList`.
+    MistralNamed,
 }
 
 /// A function the model may call: its name and a JSON schema of its
@@ -65,8 +70,9 @@ impl ToolFormat {
         }
         if source.contains(hermes::OPEN) {
             Some(ToolFormat::Hermes)
-        } else if source.contains(json::MISTRAL.lead) && !source.contains("[ARGS]") {
-            // ([ARGS] marks the later `[TOOL_CALLS]name[ARGS]{...}` format.)
+        } else if source.contains(named::LEAD) && source.contains(named::ARGS) {
+            Some(ToolFormat::MistralNamed)
+        } else if source.contains(json::MISTRAL.lead) {
             Some(ToolFormat::MistralList)
         } else if source.contains("<|start_header_id|>") && source.contains("\"parameters\"") {
             Some(ToolFormat::Llama3Json)
@@ -78,7 +84,7 @@ impl ToolFormat {
     /// The key a call's arguments are written under.
     fn arguments_key(&self) -> &'static str {
         match self {
-            ToolFormat::Hermes | ToolFormat::MistralList => "arguments",
+            ToolFormat::Hermes | ToolFormat::MistralList | ToolFormat::MistralNamed => "arguments",
             ToolFormat::Llama3Json => "parameters",
         }
     }
@@ -88,34 +94,31 @@ impl ToolFormat {
         !matches!(self, ToolFormat::Llama3Json)
     }
 
-    /// The text that opens the calls, where it is a token of its own in
-    /// the model's vocabulary (Mistral's `[TOOL_CALLS]`): the grammar
-    /// names that token (`lead_token` of [`ToolFormat::grammar`]).
-    pub fn lead(&self) -> Option<&'static str> {
-        matches!(self, ToolFormat::MistralList).then_some(json::MISTRAL.lead)
-    }
-
     /// Whether call ids must be nine letters and digits (Mistral's
     /// templates refuse others when the calls come back).
     pub fn short_call_ids(&self) -> bool {
-        matches!(self, ToolFormat::MistralList)
+        matches!(self, ToolFormat::MistralList | ToolFormat::MistralNamed)
     }
 
     /// A grammar (llguidance's Lark syntax) for output under `choice`:
     /// calls to `tools` whose arguments match their schemas, one call
     /// unless `parallel`. With `Auto` the output may instead be text (that
     /// does not begin like a call) or, when `answer` is given, a JSON
-    /// value matching that schema. `lead_token`: the id of the
-    /// [`ToolFormat::lead`] token, when the vocabulary has it as a
-    /// control token (text cannot spell those).
+    /// value matching that schema. `special` gives the id of a tag the
+    /// vocabulary holds as a control token (Mistral's `[TOOL_CALLS]`,
+    /// `[ARGS]`), which text cannot spell and the grammar names by id.
     pub fn grammar(
         &self,
         tools: &[ToolSpec],
         choice: &ToolChoice,
         parallel: bool,
         answer: Option<&Value>,
-        lead_token: Option<u32>,
+        special: &dyn Fn(&str) -> Option<u32>,
     ) -> String {
+        let tag = |text: &str| match special(text) {
+            Some(id) => format!("<[{id}]>"),
+            None => serde_json::to_string(text).expect("a string serializes"),
+        };
         let allowed: Vec<&ToolSpec> = match choice {
             ToolChoice::Named(name) => tools.iter().filter(|t| &t.name == name).collect(),
             _ => tools.iter().collect(),
@@ -155,19 +158,40 @@ impl ToolFormat {
         };
         match self {
             ToolFormat::MistralList => {
-                let lead = match lead_token {
-                    Some(id) => format!("<[{id}]>"),
-                    None => serde_json::to_string(json::MISTRAL.lead).expect("a string"),
-                };
+                let lead = tag(json::MISTRAL.lead);
                 g.push_str(&format!("calls: {lead} \"[\" {list} \"]\"\n"));
+            }
+            ToolFormat::MistralNamed => {
+                let list = if many { "call+" } else { "call" };
+                g.push_str(&format!("calls: {list}\n"));
             }
             _ => g.push_str(&format!("calls: {list}\n")),
         }
-        g.push_str(match self {
-            ToolFormat::Hermes => "call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n",
-            _ => "call: body\n",
-        });
-        g.push_str(&format!("body: %json {body}\n"));
+        match self {
+            ToolFormat::Hermes => g.push_str("call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n"),
+            // Each tool its own branch: the name, then its arguments.
+            ToolFormat::MistralNamed => {
+                let (lead, args) = (tag(named::LEAD), tag(named::ARGS));
+                let branches: Vec<String> =
+                    (0..allowed.len()).map(|i| format!("tool{i}")).collect();
+                g.push_str(&format!("call: {lead} ({})\n", branches.join(" | ")));
+                for (i, t) in allowed.iter().enumerate() {
+                    let mut schema = t.parameters.clone();
+                    if let Value::Object(map) = &mut schema
+                        && !map.contains_key("x-guidance")
+                    {
+                        map.insert("x-guidance".into(), json_layout());
+                    }
+                    let name = serde_json::to_string(&t.name).expect("a string serializes");
+                    g.push_str(&format!("tool{i}: {name} {args} args{i}\n"));
+                    g.push_str(&format!("args{i}: %json {schema}\n"));
+                }
+            }
+            _ => g.push_str("call: body\n"),
+        }
+        if !matches!(self, ToolFormat::MistralNamed) {
+            g.push_str(&format!("body: %json {body}\n"));
+        }
         if let ToolChoice::Auto = choice {
             match answer {
                 Some(schema) => {
@@ -183,7 +207,9 @@ impl ToolFormat {
                 None => g.push_str(match self {
                     ToolFormat::Hermes => "answer: TEXT\nTEXT: /[^<\\s](.|\\n)*/\n",
                     ToolFormat::Llama3Json => "answer: TEXT\nTEXT: /[^{\\s](.|\\n)*/\n",
-                    ToolFormat::MistralList => "answer: TEXT\nTEXT: /[^\\[\\s](.|\\n)*/\n",
+                    ToolFormat::MistralList | ToolFormat::MistralNamed => {
+                        "answer: TEXT\nTEXT: /[^\\[\\s](.|\\n)*/\n"
+                    }
                 }),
             }
         }
@@ -195,6 +221,7 @@ impl ToolFormat {
             ToolFormat::Hermes => CallParser::Hermes(hermes::HermesParser::default()),
             ToolFormat::Llama3Json => CallParser::Json(json::JsonCallParser::new(json::LLAMA3)),
             ToolFormat::MistralList => CallParser::Json(json::JsonCallParser::new(json::MISTRAL)),
+            ToolFormat::MistralNamed => CallParser::Named(named::NamedCallParser::default()),
         }
     }
 }
@@ -217,6 +244,7 @@ pub enum Piece {
 pub enum CallParser {
     Hermes(hermes::HermesParser),
     Json(json::JsonCallParser),
+    Named(named::NamedCallParser),
 }
 
 impl CallParser {
@@ -225,6 +253,7 @@ impl CallParser {
         match self {
             CallParser::Hermes(p) => p.calls(),
             CallParser::Json(p) => p.calls(),
+            CallParser::Named(p) => p.calls(),
         }
     }
 
@@ -232,6 +261,7 @@ impl CallParser {
         match self {
             CallParser::Hermes(p) => p.push(text),
             CallParser::Json(p) => p.push(text),
+            CallParser::Named(p) => p.push(text),
         }
     }
 
@@ -241,6 +271,7 @@ impl CallParser {
         match self {
             CallParser::Hermes(p) => p.finish(),
             CallParser::Json(p) => p.finish(),
+            CallParser::Named(p) => p.finish(),
         }
     }
 }
@@ -335,7 +366,7 @@ mod tests {
         );
         assert_eq!(
             of("{% if tools %}[TOOL_CALLS]{{ name }}[ARGS]{% endif %}"),
-            None
+            Some(ToolFormat::MistralNamed)
         );
         assert_eq!(of("{{ messages }}"), None);
     }
@@ -353,35 +384,52 @@ mod tests {
             },
         ];
         let g =
-            ToolFormat::Hermes.grammar(&tools, &ToolChoice::Named("b".into()), true, None, None);
+            ToolFormat::Hermes.grammar(&tools, &ToolChoice::Named("b".into()), true, None, &|_| {
+                None
+            });
         assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
         assert!(
             g.contains("{\"const\":\"b\"}") && !g.contains("{\"const\":\"a\"}"),
             "{g}"
         );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Required, true, None, None);
+        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Required, true, None, &|_| None);
         assert!(
             g.contains("calls: call (\"\\n\" call)*") && g.contains("anyOf"),
             "{g}"
         );
-        let g = ToolFormat::Llama3Json.grammar(&tools, &ToolChoice::Required, true, None, None);
+        let g =
+            ToolFormat::Llama3Json.grammar(&tools, &ToolChoice::Required, true, None, &|_| None);
         assert!(
             g.starts_with("start: calls\ncalls: call\ncall: body\n")
                 && g.contains("\"parameters\""),
             "{g}"
         );
-        let g = ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, true, None, Some(5));
+        let g = ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, true, None, &|t| {
+            (t == "[TOOL_CALLS]").then_some(5)
+        });
         assert!(
             g.contains("calls: <[5]> \"[\" call (\", \" call)* \"]\"\n")
                 && g.contains("\"arguments\""),
             "{g}"
         );
-        let g = ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, false, None, None);
+        let g =
+            ToolFormat::MistralList.grammar(&tools, &ToolChoice::Required, false, None, &|_| None);
         assert!(
             g.contains("calls: \"[TOOL_CALLS]\" \"[\" call \"]\"\n"),
             "{g}"
         );
-        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Auto, false, None, None);
+        let ids = |t: &str| match t {
+            "[TOOL_CALLS]" => Some(5),
+            "[ARGS]" => Some(32),
+            _ => None,
+        };
+        let g = ToolFormat::MistralNamed.grammar(&tools, &ToolChoice::Required, true, None, &ids);
+        assert!(
+            g.contains("calls: call+\ncall: <[5]> (tool0 | tool1)\n")
+                && g.contains("tool1: \"b\" <[32]> args1\nargs1: %json {"),
+            "{g}"
+        );
+        let g = ToolFormat::Hermes.grammar(&tools, &ToolChoice::Auto, false, None, &|_| None);
         assert!(
             g.starts_with("start: answer | calls\ncalls: call\n") && g.contains("TEXT"),
             "{g}"

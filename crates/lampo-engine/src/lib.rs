@@ -9,6 +9,7 @@ mod blocks;
 pub mod clock;
 pub mod constrain;
 pub mod engine;
+pub mod kld;
 mod masker;
 pub mod perplexity;
 pub mod request;
@@ -21,7 +22,8 @@ mod stops;
 pub use clock::{Clock, ClockHandle, SimClock, Work};
 pub use constrain::{Constraint, Grammar};
 pub use engine::{Engine, EngineConfig};
-pub use perplexity::{PerplexityReport, perplexity};
+pub use kld::KldReport;
+pub use perplexity::{PerplexityReport, kl_divergence, perplexity};
 pub use request::{
     Done, Event, Finish, GenerateParams, Load, Rejected, Request, Sink, Tier, TokenLogprob,
 };

@@ -45,7 +45,7 @@ fn check(model: &str) {
         } else {
             None
         };
-        let report = perplexity(&lm.model, &tokens, 512, bos, |_, _, _| {}).unwrap();
+        let report = perplexity(&lm.model, &tokens, 512, bos, None, |_, _, _| {}).unwrap();
         let reference = rec["llama_cpp_ppl"].as_f64().unwrap();
         let diff = report.ppl / reference - 1.0;
         eprintln!(

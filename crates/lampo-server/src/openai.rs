@@ -168,7 +168,8 @@ pub struct ChatRequest {
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     /// Extension (as in llama.cpp): `parsed` (reasoning in
-    /// `reasoning_content`), `raw` (left in the content, tags and all) or
+    /// `reasoning_content`; llama.cpp's `auto` and `deepseek` too), `raw`
+    /// (left in the content, tags and all; llama.cpp's `none` too) or
     /// `hidden` (left out); the server's `--reasoning-format` otherwise.
     pub reasoning_format: Option<String>,
     #[serde(flatten)]

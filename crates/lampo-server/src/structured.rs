@@ -48,10 +48,12 @@ pub enum ReasoningFormat {
 impl ReasoningFormat {
     pub const NAMES: &str = "parsed, raw or hidden";
 
+    /// A format by name; llama.cpp's names are taken too (`none` is raw;
+    /// `auto`, `deepseek` and `deepseek-legacy` are parsed).
     pub fn parse(name: &str) -> Result<ReasoningFormat, String> {
         match name {
-            "parsed" => Ok(ReasoningFormat::Parsed),
-            "raw" => Ok(ReasoningFormat::Raw),
+            "parsed" | "auto" | "deepseek" | "deepseek-legacy" => Ok(ReasoningFormat::Parsed),
+            "raw" | "none" => Ok(ReasoningFormat::Raw),
             "hidden" => Ok(ReasoningFormat::Hidden),
             other => Err(format!(
                 "reasoning format '{other}' is not one of {}",

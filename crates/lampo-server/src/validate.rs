@@ -385,6 +385,14 @@ pub(crate) async fn chat(
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let reasoning = template.reasoning();
     let thoughts = structured::Thoughts::of(reasoning, reasoning_format, &text);
+    if thoughts.is_some_and(|t| !t.show) && s.logprobs.is_some() {
+        // Each token's log-probability names the token: it would show
+        // the reasoning that is to stay hidden.
+        return Err(ApiError::bad_request(
+            "logprobs cannot be combined with hidden reasoning (reasoning_format 'hidden')",
+            Some("logprobs"),
+        ));
+    }
     let calls = structure.calls;
     // Compiling a grammar (and, the first time, the vocabulary trie) is
     // CPU work: on a thread of its own at background priority, off the

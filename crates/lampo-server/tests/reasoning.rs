@@ -113,8 +113,28 @@ async fn reasoning_is_separated_streamed_or_not() {
     assert_eq!(whole(addr, hidden.clone()).await.0, plain);
     assert_eq!(stream(addr, hidden).await, plain);
 
-    // Bad template arguments and formats are the client's error, named.
+    // llama.cpp's names for the formats.
+    assert_eq!(
+        whole(addr, ask(json!({"reasoning_format": "none"})))
+            .await
+            .0
+            .content,
+        tagged
+    );
+    assert_eq!(
+        whole(addr, ask(json!({"reasoning_format": "deepseek"})))
+            .await
+            .0,
+        want
+    );
+
+    // Bad template arguments and formats are the client's error, named;
+    // so are log-probabilities, which would show hidden reasoning.
     for (extra, param) in [
+        (
+            json!({"reasoning_format": "hidden", "logprobs": true}),
+            "logprobs",
+        ),
         (json!({"reasoning_format": "verbose"}), "reasoning_format"),
         (
             json!({"chat_template_kwargs": {"add_generation_prompt": false}}),

@@ -71,7 +71,7 @@ impl HermesParser {
         if !self.in_call {
             self.content(&rest, &mut out);
         } else if let Some((start, sent)) = self.args {
-            let args = rest[start..].trim_end();
+            let args = unfinished_arguments(&rest[start..]);
             if args.len() > sent {
                 out.push(Piece::Arguments {
                     index: self.calls - 1,
@@ -189,6 +189,25 @@ impl HermesParser {
     }
 }
 
+/// An unfinished call's arguments: the text after `"arguments": `
+/// without a start of the closing tag, and without the brace that closes
+/// the call's object when the arguments before it are whole JSON.
+fn unfinished_arguments(text: &str) -> &str {
+    let mut args = text.trim_end();
+    if let Some(i) = args.rfind('<')
+        && CLOSE.starts_with(&args[i..])
+    {
+        args = args[..i].trim_end();
+    }
+    if let Some(inner) = args.strip_suffix('}')
+        && serde_json::from_str::<Value>(args).is_err()
+        && serde_json::from_str::<Value>(inner).is_ok()
+    {
+        return inner.trim_end();
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{self, splits};
@@ -256,6 +275,19 @@ mod tests {
             parse(&["<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, 2"]);
         assert_eq!(content, "");
         assert_eq!(calls, vec![("f".into(), "{\"a\": [1, 2".into())]);
+        // Cut after the arguments: the call's closing brace and tag are not theirs.
+        for text in [
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}",
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call",
+        ] {
+            for cut in splits(text) {
+                assert_eq!(
+                    parse(&cut),
+                    (String::new(), vec![("f".into(), "{\"a\": 1}".into())]),
+                    "{cut:?}"
+                );
+            }
+        }
         let (content, calls) = parse(&["<tool_call>\n{\"na"]);
         assert_eq!(content, "<tool_call>\n{\"na");
         assert!(calls.is_empty());

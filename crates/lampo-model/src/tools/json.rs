@@ -225,8 +225,9 @@ impl JsonCallParser {
             (State::Start | State::Content, _) if !rest.is_empty() => {
                 out.push(Piece::Content(rest))
             }
-            // Cut off in the call: its arguments as far as they go.
-            (State::Call, Some((start, sent, _, _))) => {
+            // Cut off in the call: its arguments as far as they go
+            // (all of them already sent if they ended).
+            (State::Call, Some((start, sent, _, false))) => {
                 let args = rest[start..].trim_end();
                 if args.len() > sent {
                     out.push(Piece::Arguments {
@@ -315,12 +316,10 @@ impl JsonCallParser {
                         });
                         self.calls += 1;
                     }
-                    // Not a call: as written, with what follows.
+                    // Not a call: content as written, and what follows is
+                    // read as text (where calls may begin again).
                     _ => {
-                        self.pending.insert_str(0, &object);
-                        if self.in_list {
-                            out.push(Piece::Content(std::mem::take(&mut self.pending)));
-                        }
+                        out.push(Piece::Content(object));
                         self.in_list = false;
                         self.state = State::Content;
                         return true;
@@ -387,6 +386,20 @@ mod tests {
                 assert_eq!(mistral(&cut), (text.to_string(), vec![]), "{cut:?}");
             }
         }
+        // A list that holds no call is content; a later lead still opens calls.
+        let text = "[TOOL_CALLS][{\"x\": 1}] [TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]";
+        for cut in splits(text) {
+            assert_eq!(
+                mistral(&cut),
+                ("{\"x\": 1}] ".to_string(), vec![("f".into(), "{}".into())]),
+                "{cut:?}"
+            );
+        }
+        // Cut after the arguments, inside the call's object: only the arguments.
+        assert_eq!(
+            mistral(&["[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"q\": 1}, \"id\": \"ab"]),
+            (String::new(), vec![("a".into(), "{\"q\": 1}".into())])
+        );
         // Cut off inside the list.
         assert_eq!(
             mistral(&["[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"q\": 1"]),

@@ -79,13 +79,20 @@ impl NamedCallParser {
                     break;
                 }
                 State::Name => {
-                    let Some(at) = self.pending.find(ARGS) else {
-                        if self.pending.len() > MAX_HEAD {
-                            let text = format!("{LEAD}{}", std::mem::take(&mut self.pending));
-                            out.push(Piece::Content(text));
-                            self.state = State::Content;
-                            continue;
-                        }
+                    let found = self.pending.find(ARGS);
+                    // A head longer than any name is no call, however the
+                    // text came.
+                    let too_long = match found {
+                        Some(at) => at > MAX_HEAD,
+                        None => self.pending.len() > MAX_HEAD + ARGS.len(),
+                    };
+                    if too_long {
+                        let text = format!("{LEAD}{}", std::mem::take(&mut self.pending));
+                        out.push(Piece::Content(text));
+                        self.state = State::Content;
+                        continue;
+                    }
+                    let Some(at) = found else {
                         break;
                     };
                     let head: String = self.pending.drain(..at + ARGS.len()).collect();
@@ -178,6 +185,15 @@ mod tests {
             for cut in splits(text) {
                 assert_eq!(named(&cut), (text.to_string(), vec![]), "{cut:?}");
             }
+        }
+        let long = format!("[TOOL_CALLS]{}[ARGS]{{}}", "a".repeat(300));
+        for cut in splits(&long) {
+            assert_eq!(
+                named(&cut),
+                (long.clone(), vec![]),
+                "a {} byte cut",
+                cut[0].len()
+            );
         }
         // Cut off in the arguments: what came.
         assert_eq!(

@@ -51,6 +51,26 @@ MODELS = {
     "qwen3-yarn-tiny": dict(arch="qwen3", vocab="qwen2", seed=7, n_embd=64, n_head=4, n_head_kv=2,
                             head_dim=32, n_ff=192, n_layer=3, ctx=512, rope_base=10_000.0,
                             eps=1e-6, tied=True, yarn=dict(factor=4.0, original=128)),
+    # Gemma 2: sliding-window attention on every other layer (a window
+    # shorter than the test prompts), norms after attention and MLP, GELU,
+    # scaled embeddings, tied output, and soft-capped attention scores and
+    # logits. The logits cap is Gemma 2's 30 (the top logits here reach
+    # past it); the scores' cap is 10 instead of 50, so that it bites on
+    # these scores as it does on a trained model's. Large post-norm gains
+    # let the layers, not the scaled input embedding, decide the next token.
+    "gemma2-tiny": dict(arch="gemma2", vocab="llama-spm", seed=61, n_embd=64, n_head=4, n_head_kv=2,
+                        head_dim=32, n_ff=192, n_layer=4, ctx=8192, rope_base=10_000.0,
+                        eps=1e-6, tied=True, embd_std=1.0, post_norm_gains=(6.0, 10.0),
+                        sliding_window=32, attn_softcap=10.0, final_softcap=30.0),
+    # Phi-3/Phi-4-mini: fused QKV and gate/up matrices, rotation over 12 of
+    # 16 head dimensions, LongRoPE's short and long factors and magnitude
+    # factor over a 512-position original context, and the sliding window
+    # the converter writes (ignored by llama.cpp, shorter than the prompts).
+    "phi3-tiny": dict(arch="phi3", vocab="phi-3", seed=67, n_embd=64, n_head=4, n_head_kv=2,
+                      head_dim=16, rope_dims=12, n_ff=192, n_layer=3, ctx=4096, rope_base=10_000.0,
+                      eps=1e-5, tied=False, sliding_window=64,
+                      longrope=dict(original=512, short=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                                    long=[1.0, 1.5, 3.0, 6.0, 12.0, 24.0])),
     # Qwen3 answering by script: after the generation prompt's newline it
     # writes "<think>Let me think.</think>\n\nParis<|im_end|>"; after "\n\n",
     # where Paris is not allowed (a grammar), "<tool_call>" or "{" come next.
@@ -163,9 +183,20 @@ def write(name, m):
     w.add_head_count_kv(nkv)
     w.add_key_length(hd)
     w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    w.add_rope_dimension_count(m.get("rope_dims", hd))
     w.add_rope_freq_base(m["rope_base"])
     w.add_layer_norm_rms_eps(m["eps"])
+    if "sliding_window" in m:
+        w.add_sliding_window(m["sliding_window"])
+    if "attn_softcap" in m:
+        w.add_attn_logit_softcapping(m["attn_softcap"])
+        w.add_final_logit_softcapping(m["final_softcap"])
+    if "longrope" in m:
+        # As convert_hf_to_gguf writes Phi-3 128k files: the original context
+        # and the magnitude factor sqrt(1 + ln(scale) / ln(original)).
+        original = m["longrope"]["original"]
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(m["ctx"] / original) / math.log(original)))
     if "yarn" in m:
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(m["yarn"]["factor"])
@@ -203,7 +234,7 @@ def write(name, m):
     else:
         # A tied table is also the output matrix: small enough that the
         # layers, not the input token's own row, decide the next token.
-        matrix("token_embd.weight", n_vocab, d, 0.7 if m["tied"] else 1.0)
+        matrix("token_embd.weight", n_vocab, d, m.get("embd_std", 0.7 if m["tied"] else 1.0))
         gains("output_norm.weight", d, 0.8, 1.2)
         if not m["tied"]:
             matrix("output.weight", n_vocab, d, 8.0 / math.sqrt(d))
@@ -213,23 +244,45 @@ def write(name, m):
         r = m["llama3_rope"]
         w.add_tensor("rope_freqs.weight",
                      llama3_factors(hd, m["rope_base"], r["factor"], r["low"], r["high"], r["original"]))
+    if "longrope" in m:
+        for kind in ("short", "long"):
+            w.add_tensor(f"rope_factors_{kind}.weight", np.array(m["longrope"][kind], dtype=np.float32))
     qk_norm = arch == "qwen3"
+    post_norms = arch == "gemma2"
+    fused = arch == "phi3"
     for i in range(m["n_layer"]):
         b = f"blk.{i}."
         gains(b + "attn_norm.weight", d, 0.8, 1.2)
         # Without per-head norms, larger query/key weights make attention sharp.
         qk_std = (1.0 if qk_norm else 2.5) / math.sqrt(d)
-        matrix(b + "attn_q.weight", nh * hd, d, qk_std)
-        matrix(b + "attn_k.weight", nkv * hd, d, qk_std)
-        matrix(b + "attn_v.weight", nkv * hd, d, 1.0 / math.sqrt(d))
+        q = normal(nh * hd, d, qk_std)
+        k = normal(nkv * hd, d, qk_std)
+        v = normal(nkv * hd, d, 1.0 / math.sqrt(d))
+        if fused:
+            qkv = np.concatenate([q, k, v])
+            w.add_tensor(b + "attn_qkv.weight", gguf.quants.quantize(qkv, Q.Q8_0), raw_dtype=Q.Q8_0)
+        else:
+            for tname, x in (("attn_q", q), ("attn_k", k), ("attn_v", v)):
+                w.add_tensor(b + tname + ".weight", gguf.quants.quantize(x, Q.Q8_0), raw_dtype=Q.Q8_0)
         matrix(b + "attn_output.weight", d, nh * hd, quiet / math.sqrt(nh * hd))
         if qk_norm:
             gains(b + "attn_q_norm.weight", hd, 1.5, 3.0)
             gains(b + "attn_k_norm.weight", hd, 1.5, 3.0)
+        if post_norms:
+            gains(b + "post_attention_norm.weight", d, *m["post_norm_gains"])
         gains(b + "ffn_norm.weight", d, 0.8, 1.2)
-        matrix(b + "ffn_gate.weight", ff, d, 1.0 / math.sqrt(d))
-        matrix(b + "ffn_up.weight", ff, d, 1.0 / math.sqrt(d))
+        gate = normal(ff, d, 1.0 / math.sqrt(d))
+        up = normal(ff, d, 1.0 / math.sqrt(d))
+        if fused:
+            # Gate rows first, as Phi-3's gate_up_proj holds them.
+            w.add_tensor(b + "ffn_up.weight", gguf.quants.quantize(np.concatenate([gate, up]), Q.Q8_0),
+                         raw_dtype=Q.Q8_0)
+        else:
+            w.add_tensor(b + "ffn_gate.weight", gguf.quants.quantize(gate, Q.Q8_0), raw_dtype=Q.Q8_0)
+            w.add_tensor(b + "ffn_up.weight", gguf.quants.quantize(up, Q.Q8_0), raw_dtype=Q.Q8_0)
         matrix(b + "ffn_down.weight", d, ff, quiet / math.sqrt(ff))
+        if post_norms:
+            gains(b + "post_ffw_norm.weight", d, *m["post_norm_gains"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

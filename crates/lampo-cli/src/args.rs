@@ -140,13 +140,18 @@ impl SamplingArgs {
     }
 }
 
-/// `ctx` clamped to what `lm` was trained for, saying so when it is.
-pub fn clamp_context(ctx: usize, lm: &LoadedModel) -> usize {
+/// `ctx` clamped to what `lm` was trained for, saying so when it is, and
+/// the model told the context it will run with (LongRoPE files choose
+/// their factors by it).
+pub fn fit_context(ctx: usize, lm: &mut LoadedModel) -> usize {
     let trained = lm.model.config.n_ctx_train;
-    if trained > 0 && ctx > trained {
+    let ctx = if trained > 0 && ctx > trained {
         eprintln!("note: --ctx {ctx} is more than the model's trained context; using {trained}");
-        return trained;
-    }
+        trained
+    } else {
+        ctx
+    };
+    lm.model.set_context(ctx);
     ctx
 }
 

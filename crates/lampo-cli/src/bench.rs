@@ -150,12 +150,14 @@ pub fn run(a: BenchArgs, path: &Path) -> Result<()> {
         backend = backend.with_activations(Activations::F32);
     }
     let threads = backend.threads();
-    let model = Model::load_with(path, backend.clone())?;
+    let mut model = Model::load_with(path, backend.clone())?;
     let pool = backend.pool();
     let ctx = model.config.n_ctx_train.max(1);
     if a.n_prompt > ctx || a.n_gen > ctx {
         bail!("tests longer than the model's context of {ctx} tokens");
     }
+    // The context llama-bench gives its tests.
+    model.set_context(a.n_prompt + a.n_gen);
     let mut rng = Tokens(0x2545_F491_4F6C_DD1D);
     // Warm-up, as llama-bench does: a full prompt and one generated token.
     if a.n_prompt > 0 {

@@ -15,7 +15,7 @@ use lampo_engine::{Engine, EngineConfig, Event, Finish, GenerateParams, Rejected
 use lampo_model::Message;
 use rustyline::error::ReadlineError;
 
-use crate::args::{ModelArgs, SamplingArgs, SpecArgs, check_memory, clamp_context};
+use crate::args::{ModelArgs, SamplingArgs, SpecArgs, check_memory, fit_context};
 use crate::run::chat_prompt;
 
 #[derive(Args)]
@@ -122,7 +122,7 @@ enum Ended {
 pub fn run(a: ChatArgs) -> Result<()> {
     let params = a.sampling.params();
     let backend = a.model.backend()?;
-    let lm = a.model.load_on(backend.clone())?;
+    let mut lm = a.model.load_on(backend.clone())?;
     if lm.chat_template.is_none() {
         let name = a.model.model.as_deref().unwrap_or(crate::models::DEFAULT);
         bail!(
@@ -130,7 +130,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
              it continues text instead: lampo run -m {name} -p \"Once upon a time\""
         );
     }
-    let ctx = clamp_context(a.sampling.ctx, &lm);
+    let ctx = fit_context(a.sampling.ctx, &mut lm);
     let draft = a.spec.load_draft(&backend)?;
     let mut config = EngineConfig {
         max_batch: 1,

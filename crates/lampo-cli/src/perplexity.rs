@@ -40,7 +40,8 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
-    let lm = a.model.load()?;
+    let mut lm = a.model.load()?;
+    lm.model.set_context(a.ctx);
     if a.kl_divergence {
         return compare(&a, &lm);
     }

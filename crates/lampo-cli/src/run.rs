@@ -14,7 +14,7 @@ use clap::Args;
 use lampo_engine::{Engine, EngineConfig, Event, Finish, Grammar, Request, SpecMode};
 use lampo_model::{LoadedModel, Message};
 
-use crate::args::{ModelArgs, SamplingArgs, SpecArgs, check_memory, clamp_context, read_prompt};
+use crate::args::{ModelArgs, SamplingArgs, SpecArgs, check_memory, fit_context, read_prompt};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -84,7 +84,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let grammar = grammar(&a)?;
     let params = a.sampling.params();
     let backend = a.model.backend()?;
-    let lm = a.model.load_on(backend.clone())?;
+    let mut lm = a.model.load_on(backend.clone())?;
     let prompt = if a.chat {
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
@@ -95,7 +95,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         lm.tokenizer.encode(&text, true, false)?
     };
-    let ctx = clamp_context(a.sampling.ctx, &lm);
+    let ctx = fit_context(a.sampling.ctx, &mut lm);
     if prompt.len() >= ctx {
         bail!(
             "the prompt has {} tokens; the context holds {ctx} (raise --ctx, up to the model's {})",

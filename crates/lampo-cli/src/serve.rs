@@ -225,8 +225,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let spec = a.spec.clone();
         let key_hint = a.api_key.is_some();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
-            let lm = LoadedModel::load_with(&path, backend.clone())
+            let mut lm = LoadedModel::load_with(&path, backend.clone())
                 .with_context(|| format!("cannot load {}", path.display()))?;
+            lm.model.set_context(config.n_ctx);
             let draft = spec.load_draft(&backend)?;
             let engine = Engine::start_with_draft(Arc::new(lm), draft, config.clone())
                 .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;

@@ -1,5 +1,6 @@
 //! Architectures no registry ships weights for (Qwen3; Llama 3.x RoPE
-//! scaling; YaRN), checked against llama.cpp on synthetic models: random
+//! scaling; YaRN; Gemma 2; Phi-3 with LongRoPE), checked against llama.cpp
+//! on synthetic models: random
 //! weights of a realistic scale, real tokenizers (scripts/make-synthetic),
 //! and llama.cpp's log-probabilities on the same bytes
 //! (scripts/record-synthetic).
@@ -58,13 +59,61 @@ fn coarse_kl(top_ids: &[u32], top_logprobs: &[f64], ours: &[f64]) -> f64 {
     kl + rest_p * (rest_p.ln() - rest_q.ln())
 }
 
+/// How far Lampo is from llama.cpp on record `name`, and the bars.
+struct Distance {
+    kl: f64,
+    same_top: f64,
+    kl_bar: f64,
+    same_bar: f64,
+    total: usize,
+    widest_flip: f64,
+}
+
 fn check(name: &str, activations: Activations) {
+    let d = distance(name, activations, None);
+    eprintln!(
+        "{name} ({activations:?} activations): mean coarse KL {:.5} (bar {:.5}), same top token {:.2}% (bar {:.2}%) over {} positions; widest llama.cpp lead where the top differs {:.3}",
+        d.kl,
+        d.kl_bar,
+        d.same_top * 100.0,
+        d.same_bar * 100.0,
+        d.total,
+        d.widest_flip
+    );
+    assert!(
+        d.total >= 300,
+        "{name}: too few reference positions ({})",
+        d.total
+    );
+    assert!(
+        d.kl <= d.kl_bar,
+        "{name}: mean KL from llama.cpp {:.5} is above llama.cpp's own {:.5}",
+        d.kl,
+        d.kl_bar
+    );
+    assert!(
+        d.same_top >= d.same_bar,
+        "{name}: the most likely token agrees at {:.2}% of positions, llama.cpp with itself at {:.2}%",
+        d.same_top * 100.0,
+        d.same_bar * 100.0
+    );
+}
+
+/// Lampo's distance from llama.cpp's record `name`, run with the record's
+/// context or `n_ctx` instead.
+fn distance(name: &str, activations: Activations, n_ctx: Option<usize>) -> Distance {
     let all = reference();
     let fixture = &all["models"][name];
-    let (lm, bytes) = common::load_synthetic(
-        name,
+    let file = fixture["file"].as_str().unwrap();
+    let stem = std::path::Path::new(file).file_stem().unwrap();
+    let (mut lm, bytes) = common::load_synthetic(
+        stem.to_str().unwrap(),
         lampo_kernels::Cpu::shared().with_activations(activations),
     );
+    // The context llama.cpp ran with (LongRoPE files choose their factors by it).
+    if let Some(n) = n_ctx.or(fixture["n_ctx"].as_u64().map(|n| n as usize)) {
+        lm.model.set_context(n);
+    }
     assert_eq!(
         (bytes.len() as u64, checksum(&bytes).as_str()),
         (
@@ -144,25 +193,14 @@ fn check(name: &str, activations: Activations) {
         .map(|v| v["same_top"].as_f64().unwrap())
         .fold(1.0, f64::min)
         - same_slack;
-    eprintln!(
-        "{name} ({activations:?} activations): mean coarse KL {kl:.5} (bar {kl_bar:.5}), same top token {:.2}% (bar {:.2}%) over {total} positions; widest llama.cpp lead where the top differs {widest_flip:.3}",
-        same_top * 100.0,
-        same_bar * 100.0
-    );
-    assert!(
-        total >= 300,
-        "{name}: too few reference positions ({total})"
-    );
-    assert!(
-        kl <= kl_bar,
-        "{name}: mean KL from llama.cpp {kl:.5} is above llama.cpp's own {kl_bar:.5}"
-    );
-    assert!(
-        same_top >= same_bar,
-        "{name}: the most likely token agrees at {:.2}% of positions, llama.cpp with itself at {:.2}%",
-        same_top * 100.0,
-        same_bar * 100.0
-    );
+    Distance {
+        kl,
+        same_top,
+        kl_bar,
+        same_bar,
+        total,
+        widest_flip,
+    }
 }
 
 #[test]
@@ -181,6 +219,34 @@ fn llama3_rope_scaling_matches_llama_cpp() {
 fn yarn_matches_llama_cpp() {
     check("qwen3-yarn-tiny", Activations::Q8);
     check("qwen3-yarn-tiny", Activations::F32);
+}
+
+#[test]
+fn gemma2_matches_llama_cpp() {
+    check("gemma2-tiny", Activations::Q8);
+    check("gemma2-tiny", Activations::F32);
+}
+
+#[test]
+fn phi3_longrope_matches_llama_cpp() {
+    // Long factors (a context past the original), then short ones.
+    check("phi3-tiny", Activations::Q8);
+    check("phi3-tiny", Activations::F32);
+    check("phi3-tiny-short", Activations::Q8);
+    check("phi3-tiny-short", Activations::F32);
+}
+
+#[test]
+fn longrope_factors_are_chosen_by_the_context() {
+    // The short-factor reference, run with the long factors: far off.
+    let d = distance("phi3-tiny-short", Activations::Q8, Some(1024));
+    assert!(
+        d.kl > 10.0 * d.kl_bar,
+        "long factors where llama.cpp used short ones give KL {:.5}, bar {:.5}: \
+         the test cannot tell the factors apart",
+        d.kl,
+        d.kl_bar
+    );
 }
 
 #[test]

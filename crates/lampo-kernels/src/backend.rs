@@ -75,12 +75,25 @@ pub struct SeqSpan<'a> {
 /// Heads of an attention layer: `n_head` query heads sharing `n_kv_head`
 /// key/value heads of `head_dim` values; `window` limits how many
 /// positions (its own included) a query sees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Heads {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub window: Option<usize>,
+    /// Scores are `q · k * scale` (usually `1 / sqrt(head_dim)`, see
+    /// [`Heads::default_scale`]).
+    pub scale: f32,
+    /// Scores are soft-capped to `cap * tanh(score / cap)` before the
+    /// softmax (Gemma 2).
+    pub softcap: Option<f32>,
+}
+
+impl Heads {
+    /// The usual score scale, `1 / sqrt(head_dim)`.
+    pub fn default_scale(head_dim: usize) -> f32 {
+        1.0 / (head_dim as f32).sqrt()
+    }
 }
 
 /// What a model's forward pass needs from the hardware.
@@ -117,6 +130,8 @@ pub trait Backend: Send + Sync + 'static {
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Tensor);
     /// `x *= by`.
     fn scale(&self, x: &mut Self::Tensor, by: f32);
+    /// `x = cap * tanh(x / cap)`, elementwise (Gemma 2's logit soft-capping).
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32);
     /// Each row of `x` RMS-normalised and multiplied by `gain`, into `out`.
     fn rms_norm(&self, x: &Self::Tensor, gain: &Self::Vector, eps: f32, out: &mut Self::Tensor);
     /// In place, each `gain`-long piece of `x` RMS-normalised (per head, or

@@ -321,6 +321,13 @@ impl Rope {
     }
 }
 
+/// `cap * tanh(x / cap)`: `x` squashed smoothly into `(-cap, cap)`, in
+/// GGML's order of operations (scale by the reciprocal, tanh, scale).
+#[inline]
+pub fn soft_cap(x: f32, cap: f32) -> f32 {
+    (x * (1.0 / cap)).tanh() * cap
+}
+
 #[inline(always)]
 fn rotate_body<const FAST: bool>(
     x: &mut [f32],
@@ -372,6 +379,13 @@ mod tests {
         );
         // rms = sqrt(25/4) = 2.5
         assert_eq!(out, [1.2, -3.2, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn soft_cap_is_near_identity_below_the_cap_and_bounded_above() {
+        assert!((soft_cap(0.5, 50.0) - 0.5).abs() < 1e-4);
+        assert!((soft_cap(-1e6, 30.0) + 30.0).abs() < 1e-4);
+        assert!(soft_cap(60.0, 30.0) < 30.0 && soft_cap(60.0, 30.0) > 28.0);
     }
 
     #[test]

@@ -546,15 +546,18 @@ fn backend_row_ops_match_the_portable_backend() {
 #[test]
 fn backend_paged_attention_matches_the_portable_backend() {
     // Heads as in SmolLM2 (9/3 of 64), Qwen2.5-0.5B (14/2 of 64) and 1.5B
-    // (12/2 of 128), Gemma 3 (4/1 of 256, a sliding window).
+    // (12/2 of 128), Gemma 3 (4/1 of 256, a sliding window), Gemma 2 27B
+    // (32/16 of 128, scaled by 1/sqrt(144), scores soft-capped; the cap
+    // is 50 there, here one that bites on these small random scores).
     let cases = [
-        (9usize, 3usize, 64usize, None),
-        (14, 2, 64, None),
-        (12, 2, 128, None),
-        (4, 1, 256, Some(20usize)),
+        (9usize, 3usize, 64usize, None, None, None),
+        (14, 2, 64, None, None, None),
+        (12, 2, 128, None, None, None),
+        (4, 1, 256, Some(20usize), None, None),
+        (32, 16, 128, Some(20), Some(1.0 / 12.0f32), Some(0.25f32)),
     ];
     for (cpu, reference) in backends() {
-        for (n_head, n_kv, hd, window) in cases {
+        for (n_head, n_kv, hd, window, scale, softcap) in cases {
             let shape = KvShape {
                 layers: 2,
                 kv_dim: n_kv * hd,
@@ -569,6 +572,8 @@ fn backend_paged_attention_matches_the_portable_backend() {
                 n_kv_head: n_kv,
                 head_dim: hd,
                 window,
+                scale: scale.unwrap_or(Heads::default_scale(hd)),
+                softcap,
             };
             let steps: [Vec<SeqSpan>; 3] = [
                 vec![SeqSpan {

@@ -48,6 +48,10 @@ pub struct Model<B: Backend = Cpu> {
     output: B::Matrix,
     layers: Vec<Layer<B>>,
     rope: Rope,
+    /// LongRoPE's rotation for long contexts, when the file has one.
+    long_rope: Option<Rope>,
+    /// Whether `long_rope` is the one in use (see [`Model::set_context`]).
+    long_context: bool,
     /// RoPE of the sliding-window layers, when the family has them.
     local_rope: Option<Rope>,
     /// Bytes of weights one decode step reads.
@@ -172,11 +176,31 @@ impl<B: Backend> Model<B> {
         let vector = |name: &str, len: usize| -> Result<B::Vector, ModelError> {
             Ok(backend.vector(&host_vector(name, len)?))
         };
+        // A fused matrix (phi3's `attn_qkv`, `ffn_up`) as several, each a
+        // run of its rows in place in the file.
+        let split =
+            |name: &str, cols: usize, rows: &[usize]| -> Result<Vec<HostMatrix>, ModelError> {
+                let total: usize = rows.iter().sum();
+                let whole = host(name, cols, total)?;
+                let row_bytes = whole.range.len() / total.max(1);
+                let mut at = whole.range.start;
+                Ok(rows
+                    .iter()
+                    .map(|&n| {
+                        let range = at..at + n * row_bytes;
+                        at = range.end;
+                        HostMatrix {
+                            rows: n,
+                            range,
+                            ..whole.clone()
+                        }
+                    })
+                    .collect())
+            };
         let mut step_bytes = 0u64;
-        let mut matrix = |name: &str, cols: usize, rows: usize| -> Result<B::Matrix, ModelError> {
-            let h = host(name, cols, rows)?;
+        let mut prepare = |h: HostMatrix| -> B::Matrix {
             step_bytes += h.range.len() as u64;
-            Ok(backend.matrix(h))
+            backend.matrix(h)
         };
         let embd = host("token_embd.weight", d, c.n_vocab)?;
         let token_embd = backend.table(embd.clone());
@@ -214,47 +238,73 @@ impl<B: Backend> Model<B> {
                 .sliding_window
                 .as_ref()
                 .filter(|sw| (i + 1) % sw.pattern != 0);
+            let [wq, wk, wv] = match file.gguf.tensor(&name("attn_qkv.weight")) {
+                Some(_) => pieces(split(&name("attn_qkv.weight"), d, &[q, kv, kv])?),
+                None => [
+                    host(&name("attn_q.weight"), d, q)?,
+                    host(&name("attn_k.weight"), d, kv)?,
+                    host(&name("attn_v.weight"), d, kv)?,
+                ],
+            };
+            let [w_gate, w_up] = if c.spec.fused_gate_up {
+                pieces(split(&name("ffn_up.weight"), d, &[ff, ff])?)
+            } else {
+                [
+                    host(&name("ffn_gate.weight"), d, ff)?,
+                    host(&name("ffn_up.weight"), d, ff)?,
+                ]
+            };
             layers.push(Layer {
                 attn_norm: vector(&name("attn_norm.weight"), d)?,
-                wq: matrix(&name("attn_q.weight"), d, q)?,
-                wk: matrix(&name("attn_k.weight"), d, kv)?,
-                wv: matrix(&name("attn_v.weight"), d, kv)?,
+                wq: prepare(wq),
+                wk: prepare(wk),
+                wv: prepare(wv),
                 qkv_bias,
-                wo: matrix(&name("attn_output.weight"), q, d)?,
+                wo: prepare(host(&name("attn_output.weight"), q, d)?),
                 ffn_norm: vector(&name("ffn_norm.weight"), d)?,
-                w_gate: matrix(&name("ffn_gate.weight"), d, ff)?,
-                w_up: matrix(&name("ffn_up.weight"), d, ff)?,
-                w_down: matrix(&name("ffn_down.weight"), ff, d)?,
+                w_gate: prepare(w_gate),
+                w_up: prepare(w_up),
+                w_down: prepare(host(&name("ffn_down.weight"), ff, d)?),
                 qk_norm,
                 post_norms,
                 window: local.map(|sw| sw.window),
             });
         }
         let output = match file.gguf.tensor("output.weight") {
-            Some(_) => matrix("output.weight", d, c.n_vocab)?,
-            None => matrix("token_embd.weight", d, c.n_vocab)?,
+            Some(_) => prepare(host("output.weight", d, c.n_vocab)?),
+            None => prepare(host("token_embd.weight", d, c.n_vocab)?),
         };
-        // Per-pair divisors of the rotation (Llama 3.x RoPE scaling), shared
-        // by every layer; the sliding-window layers of the families that
-        // have them rotate unscaled, as llama.cpp does.
-        let freq_factors = match file.gguf.tensor("rope_freqs.weight") {
-            Some(_) => Some(host_vector("rope_freqs.weight", c.rope_dims / 2)?),
-            None => None,
+        // Per-pair divisors of the rotation, shared by every layer: Llama
+        // 3.x's `rope_freqs`, or LongRoPE's short- and long-context factors
+        // (phi3). The sliding-window layers of the families that have them
+        // rotate unscaled, as llama.cpp does.
+        let factors = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
+            if file.gguf.tensor(name).is_none() {
+                return Ok(None);
+            }
+            let f = host_vector(name, c.rope_dims / 2)?;
+            if f.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                return Err(ModelError::Config(format!(
+                    "{name} holds a factor that is not a positive number"
+                )));
+            }
+            Ok(Some(f))
         };
-        if freq_factors
-            .as_ref()
-            .is_some_and(|f| f.iter().any(|&x| !(x.is_finite() && x > 0.0)))
-        {
-            return Err(ModelError::Config(
-                "rope_freqs holds a factor that is not a positive number".into(),
-            ));
-        }
-        let rope = match c
-            .rope_scaling
-            .for_rope(c.rope_dims, c.rope_base, freq_factors)
-        {
+        let rope_with = |freq_factors: Option<Vec<f32>>| match c.rope_scaling.for_rope(
+            c.rope_dims,
+            c.rope_base,
+            freq_factors,
+        ) {
             Some(s) => Rope::scaled(c.spec.rope_style, c.rope_dims, c.rope_base, s),
             None => Rope::new(c.spec.rope_style, c.rope_dims, c.rope_base),
+        };
+        let rope = match factors("rope_freqs.weight")? {
+            Some(f) => rope_with(Some(f)),
+            None => rope_with(factors("rope_factors_short.weight")?),
+        };
+        let long_rope = match factors("rope_factors_long.weight")? {
+            Some(f) if file.gguf.tensor("rope_freqs.weight").is_none() => Some(rope_with(Some(f))),
+            _ => None,
         };
         let local_rope = c
             .spec
@@ -270,6 +320,8 @@ impl<B: Backend> Model<B> {
             output,
             layers,
             rope,
+            long_rope,
+            long_context: false,
             local_rope,
             step_bytes,
         })
@@ -277,6 +329,21 @@ impl<B: Backend> Model<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Tells the model the longest sequence it will be run on. A LongRoPE
+    /// file (Phi-3 128k) then rotates with its long-context factors if that
+    /// is beyond the original context, and with its short ones otherwise,
+    /// as llama.cpp chooses them for its context size; other files are
+    /// unaffected. Until it is called, the short factors are used. Call it
+    /// before any keys are cached: they are not rotated again.
+    pub fn set_context(&mut self, n_ctx: usize) {
+        self.long_context = self.long_rope.is_some() && n_ctx > self.config.rope_scaling.n_ctx_orig;
+    }
+
+    /// Whether LongRoPE's long-context factors are in use.
+    pub fn long_context(&self) -> bool {
+        self.long_context
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -416,7 +483,11 @@ impl<B: Backend> Model<B> {
         let mut up = b.tensor(n, c.n_ff);
 
         // Every layer rotates the same positions: sines and cosines once.
-        let global = b.rope_table(&self.rope, &spans);
+        let rope = match &self.long_rope {
+            Some(long) if self.long_context => long,
+            _ => &self.rope,
+        };
+        let global = b.rope_table(rope, &spans);
         let local = self.local_rope.as_ref().map(|r| b.rope_table(r, &spans));
         let style = c.spec.rope_style;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -450,6 +521,8 @@ impl<B: Backend> Model<B> {
                 n_kv_head: c.n_head_kv,
                 head_dim: hd,
                 window: layer.window,
+                scale: c.spec.attn_scale.unwrap_or(Heads::default_scale(hd)),
+                softcap: c.spec.attn_softcap,
             };
             b.attention(&mut q, &store.kv, li, heads, &spans, &mut attn);
 
@@ -495,6 +568,9 @@ impl<B: Backend> Model<B> {
         b.rms_norm(&picked, &self.output_norm, c.rms_eps, &mut normed);
         let mut out = b.tensor(rows.len(), c.n_vocab);
         b.matmul(&normed, &mut [(&self.output, &mut out)]);
+        if let Some(cap) = c.spec.final_softcap {
+            b.soft_cap(&mut out, cap);
+        }
         let mut at = 0;
         for count in counts {
             result.push(b.read(&out, at..at + count));
@@ -502,6 +578,12 @@ impl<B: Backend> Model<B> {
         }
         Ok(result)
     }
+}
+
+/// The matrices of a split, as many as expected.
+fn pieces<const N: usize>(v: Vec<HostMatrix>) -> [HostMatrix; N] {
+    v.try_into()
+        .unwrap_or_else(|v: Vec<_>| unreachable!("split into {} pieces", v.len()))
 }
 
 fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {

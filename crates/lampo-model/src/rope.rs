@@ -35,25 +35,21 @@ pub enum ScalingKind {
 }
 
 impl RopeScalingConfig {
-    /// Reads `{arch}.rope.scaling.*`; a kind Lampo cannot apply (LongRoPE,
-    /// or an unknown name) is refused rather than silently ignored.
+    /// Reads `{arch}.rope.scaling.*`; an unknown kind is refused rather
+    /// than silently ignored. LongRoPE (`longrope`) scales through its
+    /// factor tensors and `attn_factor`, so it reads as linear scaling here,
+    /// as in llama.cpp.
     pub fn from_gguf(g: &Gguf, arch: &str, n_ctx_train: usize) -> Result<Self, ModelError> {
         let key = |k: &str| format!("{arch}.rope.scaling.{k}");
         let kind = match g.get(&key("type")) {
             None => ScalingKind::Linear,
             Some(_) => match meta_str(g, &key("type"))? {
                 "none" => ScalingKind::None,
-                "linear" => ScalingKind::Linear,
+                "linear" | "longrope" => ScalingKind::Linear,
                 "yarn" => ScalingKind::Yarn,
-                "longrope" => {
-                    return Err(ModelError::Config(
-                        "LongRoPE scaling (rope.scaling.type = longrope) is not supported yet"
-                            .into(),
-                    ));
-                }
                 other => {
                     return Err(ModelError::Config(format!(
-                        "unknown RoPE scaling type '{other}' (supported: none, linear, yarn)"
+                        "unknown RoPE scaling type '{other}' (supported: none, linear, yarn, longrope)"
                     )));
                 }
             },

@@ -176,9 +176,15 @@ fn rope_scaling_is_applied_or_refused() {
     w.tensor("rope_freqs.weight", &[4], 2.0);
     runs(&w, "rope-freqs");
 
+    // LongRoPE (phi3's 128k files): short and long factors per pair.
     let mut w = tiny_llama();
     w.kv_str("llama.rope.scaling.type", "longrope");
-    refused(&w, "longrope", "LongRoPE scaling");
+    w.tensor("rope_factors_long.weight", &[4], 2.0);
+    w.tensor("rope_factors_short.weight", &[4], 1.0);
+    runs(&w, "longrope");
+    let mut w = tiny_llama();
+    w.tensor("rope_factors_long.weight", &[3], 2.0);
+    refused(&w, "rope-factors-shape", "rope_factors_long.weight");
     let mut w = tiny_llama();
     w.kv_str("llama.rope.scaling.type", "ntk-magic");
     refused(
@@ -506,5 +512,55 @@ fn truncated_real_model_files() {
         let err = Gguf::parse(&map[..cut]).expect_err("a cut file must not parse");
         let msg = err.to_string();
         assert!(!msg.is_empty());
+    }
+}
+
+/// A tiny phi3 file: fused `attn_qkv` (`qkv_rows` rows) and `ffn_up`
+/// (gate and up, `up_rows` rows).
+fn tiny_phi3(qkv_rows: u64, up_rows: u64) -> Writer {
+    let (d, ff, vocab) = (32u64, 64u64, 16u64);
+    let mut w = Writer::default();
+    w.kv_str("general.architecture", "phi3")
+        .kv_u32("phi3.block_count", 1)
+        .kv_u32("phi3.embedding_length", d as u32)
+        .kv_u32("phi3.feed_forward_length", ff as u32)
+        .kv_u32("phi3.attention.head_count", 4)
+        .kv_u32("phi3.attention.head_count_kv", 2)
+        .kv_u32("phi3.rope.dimension_count", 6)
+        .kv_u32("phi3.context_length", 128)
+        .kv_f32("phi3.attention.layer_norm_rms_epsilon", 1e-5);
+    w.tensor("token_embd.weight", &[d, vocab], 0.01)
+        .tensor("output_norm.weight", &[d], 1.0)
+        .tensor("output.weight", &[d, vocab], 0.01)
+        .tensor("blk.0.attn_norm.weight", &[d], 1.0)
+        .tensor("blk.0.attn_qkv.weight", &[d, qkv_rows], 0.01)
+        .tensor("blk.0.attn_output.weight", &[d, d], 0.01)
+        .tensor("blk.0.ffn_norm.weight", &[d], 1.0)
+        .tensor("blk.0.ffn_up.weight", &[d, up_rows], 0.01)
+        .tensor("blk.0.ffn_down.weight", &[ff, d], 0.01);
+    w
+}
+
+/// Fused matrices are split by rows when their shape is whole, and refused
+/// by name when it is not.
+#[test]
+fn fused_phi3_matrices_load_or_are_refused_by_name() {
+    // Q 32 rows, K and V 16 each; gate and up 64 each.
+    let model = load_model(&tiny_phi3(64, 128).bytes(), "phi3-ok").unwrap();
+    assert_eq!((model.config.rope_dims, model.config.head_dim), (6, 8));
+    let mut kv = model.kv_cache(8);
+    let logits = model
+        .forward(&[1, 2, 3], &mut kv, lampo_model::Logits::All)
+        .unwrap();
+    assert!(logits.iter().all(|l| l.is_finite()));
+    for (qkv, up, name, want) in [
+        (63, 128, "phi3-qkv", "blk.0.attn_qkv.weight"),
+        (64, 64, "phi3-up", "blk.0.ffn_up.weight"),
+    ] {
+        let err = load_model(&tiny_phi3(qkv, up).bytes(), name)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(want), "{name}: {err}");
     }
 }

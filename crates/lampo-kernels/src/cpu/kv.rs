@@ -137,10 +137,11 @@ impl CpuKv {
             n_kv_head: n_kv,
             head_dim: hd,
             window,
+            scale,
+            softcap,
         } = heads;
         let kvd = self.shape.kv_dim;
         let group = n_head / n_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
         let keys: &[f16] = self.k[layer].reinterpret_cast();
         let values: &[f16] = self.v[layer].reinterpret_cast();
         let (past, blocks) = (s.past, s.blocks);
@@ -181,6 +182,10 @@ impl CpuKv {
             for (g, row) in probs.chunks_exact_mut(len).enumerate() {
                 for (j, w) in row.iter_mut().enumerate() {
                     *w = scores[j * group + g] * scale;
+                }
+                if let Some(cap) = softcap {
+                    row.iter_mut()
+                        .for_each(|w| *w = crate::ops::soft_cap(*w, cap));
                 }
                 (kern.softmax)(row);
                 // Probabilities meet values at f16 precision, as in GGML.

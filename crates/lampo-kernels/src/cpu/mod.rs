@@ -226,6 +226,12 @@ impl Backend for Cpu {
         x.data.iter_mut().for_each(|v| *v *= by);
     }
 
+    fn soft_cap(&self, x: &mut CpuTensor, cap: f32) {
+        x.data
+            .iter_mut()
+            .for_each(|v| *v = crate::ops::soft_cap(*v, cap));
+    }
+
     fn rms_norm(&self, x: &CpuTensor, gain: &Vec<f32>, eps: f32, out: &mut CpuTensor) {
         let d = x.cols;
         for (xr, hr) in x.data.chunks_exact(d).zip(out.data.chunks_exact_mut(d)) {

@@ -4,8 +4,10 @@
 //! its use in the forward pass) for each genuinely new ingredient, such as
 //! fused QKV projections for phi3.
 
+mod gemma2;
 mod gemma3;
 mod llama;
+mod phi3;
 mod qwen2;
 mod qwen3;
 
@@ -43,6 +45,15 @@ pub struct ArchSpec {
     /// Token embeddings are multiplied by the square root of the width.
     pub scale_embeddings: bool,
     pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores are `q · k` times this; `None` is `1 / sqrt(head_dim)`.
+    pub attn_scale: Option<f32>,
+    /// Attention scores are soft-capped at this before the softmax.
+    pub attn_softcap: Option<f32>,
+    /// The output logits are soft-capped at this.
+    pub final_softcap: Option<f32>,
+    /// One `ffn_up` matrix holds the gate's rows and then the up
+    /// projection's (phi3), instead of separate `ffn_gate` and `ffn_up`.
+    pub fused_gate_up: bool,
 }
 
 impl ArchSpec {
@@ -56,18 +67,24 @@ impl ArchSpec {
             post_norms: false,
             scale_embeddings: false,
             sliding_window: None,
+            attn_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            fused_gate_up: false,
         }
     }
 }
 
 /// The families Lampo runs.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 pub fn spec_for(arch: &str, g: &Gguf) -> Result<ArchSpec, ModelError> {
     match arch {
         "llama" => llama::spec(g),
         "qwen2" => qwen2::spec(g),
         "qwen3" => qwen3::spec(g),
+        "phi3" => phi3::spec(g),
+        "gemma2" => gemma2::spec(g),
         "gemma3" => gemma3::spec(g),
         other => Err(ModelError::UnsupportedArch(other.to_string())),
     }

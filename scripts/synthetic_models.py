@@ -109,6 +109,130 @@ MODELS = {
 }
 
 
+# The low-bit formats llama.cpp quantizes to and gguf-py cannot: Lampo's own
+# quantizers below write them (plain round-to-nearest with GGML's layouts;
+# llama.cpp's quantizers search for better scales, which changes nothing
+# about how the bytes are read).
+LOWBIT = {
+    "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "IQ4_NL": Q.IQ4_NL, "IQ4_XS": Q.IQ4_XS,
+}
+# How far (relative RMS) each format's round trip may be from the weights;
+# a wrong bit layout lands far above (checked with gguf-py's own decoder).
+LOWBIT_ERROR = {"Q2_K": 0.5, "Q3_K": 0.3, "IQ4_NL": 0.15, "IQ4_XS": 0.15}
+for _fmt, _seed in (("Q2_K", 73), ("Q3_K", 79), ("IQ4_NL", 83), ("IQ4_XS", 89)):
+    # Llama-shaped, wide enough for 256-value blocks; every matrix, the
+    # embedding and output tables included, in the one format.
+    MODELS[f"llama-{_fmt.lower().replace('_', '')}-tiny"] = dict(
+        arch="llama", vocab="llama-spm", seed=_seed, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+        n_ff=512, n_layer=2, ctx=4096, rope_base=10_000.0, eps=1e-5, tied=False, qtype=_fmt)
+
+IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                      dtype=np.float32)
+
+
+def _f16(a):
+    """Per-block f16 fields as bytes, and the values they round to."""
+    h = a.astype(np.float16)
+    return h.view(np.uint8).reshape(len(a), 2), h.astype(np.float32)
+
+
+def _signed_max(a, axis):
+    """The element of largest magnitude along `axis`, with its sign."""
+    idx = np.abs(a).argmax(axis=axis)
+    return np.take_along_axis(a, np.expand_dims(idx, axis), axis).squeeze(axis)
+
+
+def _safe(d):
+    return np.where(d != 0, d, 1.0)
+
+
+def _pack2(codes):
+    """256 2-bit codes per block into 64 bytes: element 128h + 32j + l in
+    bits 2j of byte 32h + l."""
+    c = codes.astype(np.uint8).reshape(-1, 2, 4, 32)
+    return (c[:, :, 0] | c[:, :, 1] << 2 | c[:, :, 2] << 4 | c[:, :, 3] << 6).reshape(-1, 64)
+
+
+def _nearest_level(v):
+    out = np.empty(v.shape, dtype=np.uint8)
+    flat, dst = v.reshape(-1), out.reshape(-1)
+    for i in range(0, flat.size, 1 << 20):
+        dst[i:i + (1 << 20)] = np.abs(flat[i:i + (1 << 20), None] - IQ4_LEVELS).argmin(1)
+    return out
+
+
+def _pack_nibbles(idx):
+    """32 codes per group into 16 bytes: code j low nibble, j + 16 high."""
+    i = idx.reshape(-1, 2, 16)
+    return (i[:, 0] | i[:, 1] << 4).astype(np.uint8)
+
+
+def quantize_lowbit(x, fmt):
+    """Rows of `x` as GGML blocks of `fmt`, returned as (rows, row bytes) uint8."""
+    rows = x.shape[0]
+    if fmt == "IQ4_NL":
+        b = x.reshape(-1, 32)
+        d_bytes, d = _f16(_signed_max(b, 1) / -127.0)
+        idx = _nearest_level(b / _safe(d)[:, None])
+        out = np.concatenate([d_bytes, _pack_nibbles(idx)], axis=1)
+        return out.reshape(rows, -1)
+    b = x.reshape(-1, 256)
+    nb = b.shape[0]
+    if fmt == "Q2_K":
+        s = b.reshape(nb, 16, 16)
+        lo = np.minimum(s.min(2), 0.0)
+        scale, mn = (s.max(2) - lo) / 3.0, -lo
+        d_bytes, d = _f16(scale.max(1) / 15.0)
+        m_bytes, dmin = _f16(mn.max(1) / 15.0)
+        sc = np.clip(np.round(scale / _safe(d)[:, None]), 0, 15)
+        m = np.clip(np.round(mn / _safe(dmin)[:, None]), 0, 15)
+        step = d[:, None] * sc
+        q = np.clip(np.round((s + (dmin[:, None] * m)[..., None]) / _safe(step)[..., None]), 0, 3)
+        q = np.where(step[..., None] > 0, q, 0).reshape(nb, 256)
+        scales = (sc.astype(np.uint8) | (m.astype(np.uint8) << 4))
+        out = np.concatenate([scales, _pack2(q), d_bytes, m_bytes], axis=1)
+    elif fmt == "Q3_K":
+        s = b.reshape(nb, 16, 16)
+        scale = _signed_max(s, 2) / -4.0
+        d_bytes, d = _f16(_signed_max(scale, 1) / -32.0)
+        sc = np.clip(np.round(scale / _safe(d)[:, None]), -32, 31)
+        step = d[:, None] * sc
+        q = np.clip(np.round(s / _safe(step)[..., None]), -4, 3)
+        q = np.where(step[..., None] != 0, q, 0).reshape(nb, 256).astype(np.int32) + 4
+        high, low = q >> 2, q & 3
+        hmask = np.zeros((nb, 32), dtype=np.uint8)
+        for k in range(8):
+            hmask |= (high[:, 32 * k:32 * k + 32] << k).astype(np.uint8)
+        ls = (sc + 32).astype(np.uint8)
+        packed = np.zeros((nb, 12), dtype=np.uint8)
+        for j in range(16):
+            if j < 8:
+                packed[:, j] |= ls[:, j] & 15
+            else:
+                packed[:, j - 8] |= (ls[:, j] & 15) << 4
+            packed[:, 8 + j % 4] |= (ls[:, j] >> 4) << (2 * (j // 4))
+        out = np.concatenate([hmask, _pack2(low), packed, d_bytes], axis=1)
+    elif fmt == "IQ4_XS":
+        s = b.reshape(nb, 8, 32)
+        scale = _signed_max(s, 2) / -127.0
+        d_bytes, d = _f16(_signed_max(scale, 1) / -32.0)
+        ls = np.clip(np.round(scale / _safe(d)[:, None]), -32, 31)
+        step = d[:, None] * ls
+        idx = _nearest_level(s / _safe(step)[..., None])
+        idx = np.where(step[..., None] != 0, idx, 8)
+        u = (ls + 32).astype(np.uint16)
+        scales_h = np.zeros(nb, dtype=np.uint16)
+        scales_l = np.zeros((nb, 4), dtype=np.uint8)
+        for ib in range(8):
+            scales_h |= ((u[:, ib] >> 4) & 3) << (2 * ib)
+            scales_l[:, ib // 2] |= ((u[:, ib] & 15) << (4 * (ib % 2))).astype(np.uint8)
+        qs = _pack_nibbles(idx.reshape(-1, 32)).reshape(nb, 128)
+        out = np.concatenate([d_bytes, scales_h.view(np.uint8).reshape(nb, 2), scales_l, qs], axis=1)
+    else:
+        raise ValueError(fmt)
+    return out.reshape(rows, -1)
+
+
 def llama3_factors(head_dim, base, factor, low, high, original):
     """The per-pair divisors of Llama 3's RoPE scaling, as convert_hf_to_gguf
     stores them in rope_freqs: 1 for high frequencies, `factor` for low ones,
@@ -205,8 +329,21 @@ def write(name, m):
     def normal(rows, cols, std):
         return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
 
+    qtype = m.get("qtype", "Q8_0")
+
+    def add_matrix(tname, x):
+        if qtype in LOWBIT:
+            raw = quantize_lowbit(x, qtype)
+            back = gguf.quants.dequantize(raw, LOWBIT[qtype])
+            err = float(np.sqrt(np.mean((back - x) ** 2) / np.mean(x * x)))
+            if not err < LOWBIT_ERROR[qtype]:
+                sys.exit(f"{name}: {tname} in {qtype} round-trips with relative error {err:.3f}")
+            w.add_tensor(tname, raw, raw_dtype=LOWBIT[qtype])
+        else:
+            w.add_tensor(tname, gguf.quants.quantize(x, Q.Q8_0), raw_dtype=Q.Q8_0)
+
     def matrix(tname, rows, cols, std):
-        w.add_tensor(tname, gguf.quants.quantize(normal(rows, cols, std), Q.Q8_0), raw_dtype=Q.Q8_0)
+        add_matrix(tname, normal(rows, cols, std))
 
     def gains(tname, n, lo, hi):
         w.add_tensor(tname, rng.uniform(lo, hi, n).astype(np.float32))
@@ -259,11 +396,10 @@ def write(name, m):
         k = normal(nkv * hd, d, qk_std)
         v = normal(nkv * hd, d, 1.0 / math.sqrt(d))
         if fused:
-            qkv = np.concatenate([q, k, v])
-            w.add_tensor(b + "attn_qkv.weight", gguf.quants.quantize(qkv, Q.Q8_0), raw_dtype=Q.Q8_0)
+            add_matrix(b + "attn_qkv.weight", np.concatenate([q, k, v]))
         else:
             for tname, x in (("attn_q", q), ("attn_k", k), ("attn_v", v)):
-                w.add_tensor(b + tname + ".weight", gguf.quants.quantize(x, Q.Q8_0), raw_dtype=Q.Q8_0)
+                add_matrix(b + tname + ".weight", x)
         matrix(b + "attn_output.weight", d, nh * hd, quiet / math.sqrt(nh * hd))
         if qk_norm:
             gains(b + "attn_q_norm.weight", hd, 1.5, 3.0)
@@ -275,11 +411,10 @@ def write(name, m):
         up = normal(ff, d, 1.0 / math.sqrt(d))
         if fused:
             # Gate rows first, as Phi-3's gate_up_proj holds them.
-            w.add_tensor(b + "ffn_up.weight", gguf.quants.quantize(np.concatenate([gate, up]), Q.Q8_0),
-                         raw_dtype=Q.Q8_0)
+            add_matrix(b + "ffn_up.weight", np.concatenate([gate, up]))
         else:
-            w.add_tensor(b + "ffn_gate.weight", gguf.quants.quantize(gate, Q.Q8_0), raw_dtype=Q.Q8_0)
-            w.add_tensor(b + "ffn_up.weight", gguf.quants.quantize(up, Q.Q8_0), raw_dtype=Q.Q8_0)
+            add_matrix(b + "ffn_gate.weight", gate)
+            add_matrix(b + "ffn_up.weight", up)
         matrix(b + "ffn_down.weight", d, ff, quiet / math.sqrt(ff))
         if post_norms:
             gains(b + "post_ffw_norm.weight", d, *m["post_norm_gains"])

@@ -1,5 +1,6 @@
 //! Architectures no registry ships weights for (Qwen3; Llama 3.x RoPE
-//! scaling; YaRN; Gemma 2; Phi-3 with LongRoPE), checked against llama.cpp
+//! scaling; YaRN; Gemma 2; Phi-3 with LongRoPE; the Q2_K, Q3_K, IQ4_NL
+//! and IQ4_XS formats), checked against llama.cpp
 //! on synthetic models: random
 //! weights of a realistic scale, real tokenizers (scripts/make-synthetic),
 //! and llama.cpp's log-probabilities on the same bytes
@@ -234,6 +235,19 @@ fn phi3_longrope_matches_llama_cpp() {
     check("phi3-tiny", Activations::F32);
     check("phi3-tiny-short", Activations::Q8);
     check("phi3-tiny-short", Activations::F32);
+}
+
+#[test]
+fn low_bit_formats_match_llama_cpp() {
+    for name in [
+        "llama-q2k-tiny",
+        "llama-q3k-tiny",
+        "llama-iq4nl-tiny",
+        "llama-iq4xs-tiny",
+    ] {
+        check(name, Activations::Q8);
+        check(name, Activations::F32);
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod bandwidth;
 pub mod cpu;
 pub mod isa;
 pub mod kernels;
+mod lowbit;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon;

@@ -283,6 +283,7 @@ pub fn row_dots() -> Option<RowDots> {
             q4_k,
             q5_k,
             q6_k,
+            ..FormatDots::PORTABLE
         },
         rows8: None,
         quantize_q8,

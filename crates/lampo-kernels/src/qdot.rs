@@ -10,6 +10,7 @@
 use half::f16;
 
 use crate::isa::Isa;
+use crate::lowbit::{dot_iq4_nl, dot_iq4_xs, dot_q2_k, dot_q3_k};
 use crate::quant::{DType, QK_K};
 
 /// Activations of one 32-value block: `x ≈ d * qs`, `s = d * sum(qs)`.
@@ -41,10 +42,12 @@ impl DType {
     pub fn act_format(self) -> Option<ActFormat> {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => None,
-            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4_NL => {
                 Some(ActFormat::Q8)
             }
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => Some(ActFormat::Q8K),
+            DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q2_K | DType::Q3_K | DType::IQ4_XS => {
+                Some(ActFormat::Q8K)
+            }
         }
     }
 }
@@ -179,7 +182,10 @@ pub type Q8RowDot = fn(w: &[u8], acts: &[Q8Block], out: &mut [f32]);
 /// As [`Q8RowDot`], for the k-quant formats.
 pub type Q8KRowDot = fn(w: &[u8], acts: &[Q8KBlock], out: &mut [f32]);
 
-/// One kernel per quantized format.
+/// One kernel per quantized format. The low-bit formats
+/// ([`crate::lowbit`]) have portable kernels only: every instruction set's
+/// row-major table takes them from [`FormatDots::PORTABLE`], and its
+/// interleaved table has none ([`FormatDots::LOWBIT_NONE`]).
 #[derive(Clone, Copy)]
 pub struct FormatDots {
     pub q4_0: Q8RowDot,
@@ -190,6 +196,10 @@ pub struct FormatDots {
     pub q4_k: Q8KRowDot,
     pub q5_k: Q8KRowDot,
     pub q6_k: Q8KRowDot,
+    pub q2_k: Option<Q8KRowDot>,
+    pub q3_k: Option<Q8KRowDot>,
+    pub iq4_nl: Option<Q8RowDot>,
+    pub iq4_xs: Option<Q8KRowDot>,
 }
 
 impl FormatDots {
@@ -200,6 +210,7 @@ impl FormatDots {
             DType::Q5_0 => self.q5_0,
             DType::Q5_1 => self.q5_1,
             DType::Q8_0 => self.q8_0,
+            DType::IQ4_NL => return self.iq4_nl,
             _ => return None,
         })
     }
@@ -209,6 +220,9 @@ impl FormatDots {
             DType::Q4_K => self.q4_k,
             DType::Q5_K => self.q5_k,
             DType::Q6_K => self.q6_k,
+            DType::Q2_K => return self.q2_k,
+            DType::Q3_K => return self.q3_k,
+            DType::IQ4_XS => return self.iq4_xs,
             _ => return None,
         })
     }
@@ -267,20 +281,42 @@ portable_rows!(q8_0_rows, dot_q8_0, Q8Block);
 portable_rows!(q4_k_rows, dot_q4_k, Q8KBlock);
 portable_rows!(q5_k_rows, dot_q5_k, Q8KBlock);
 portable_rows!(q6_k_rows, dot_q6_k, Q8KBlock);
+portable_rows!(q2_k_rows, dot_q2_k, Q8KBlock);
+portable_rows!(q3_k_rows, dot_q3_k, Q8KBlock);
+portable_rows!(iq4_nl_rows, dot_iq4_nl, Q8Block);
+portable_rows!(iq4_xs_rows, dot_iq4_xs, Q8KBlock);
+
+impl FormatDots {
+    /// The portable kernels of every format.
+    pub const PORTABLE: FormatDots = FormatDots {
+        q4_0: q4_0_rows,
+        q4_1: q4_1_rows,
+        q5_0: q5_0_rows,
+        q5_1: q5_1_rows,
+        q8_0: q8_0_rows,
+        q4_k: q4_k_rows,
+        q5_k: q5_k_rows,
+        q6_k: q6_k_rows,
+        q2_k: Some(q2_k_rows),
+        q3_k: Some(q3_k_rows),
+        iq4_nl: Some(iq4_nl_rows),
+        iq4_xs: Some(iq4_xs_rows),
+    };
+
+    /// The rest of an interleaved table: no low-bit kernels.
+    pub const LOWBIT_NONE: FormatDots = FormatDots {
+        q2_k: None,
+        q3_k: None,
+        iq4_nl: None,
+        iq4_xs: None,
+        ..FormatDots::PORTABLE
+    };
+}
 
 impl RowDots {
     pub const PORTABLE: RowDots = RowDots {
         isa: "portable",
-        rows: FormatDots {
-            q4_0: q4_0_rows,
-            q4_1: q4_1_rows,
-            q5_0: q5_0_rows,
-            q5_1: q5_1_rows,
-            q8_0: q8_0_rows,
-            q4_k: q4_k_rows,
-            q5_k: q5_k_rows,
-            q6_k: q6_k_rows,
-        },
+        rows: FormatDots::PORTABLE,
         rows8: None,
         quantize_q8: quantize_q8_portable,
         quantize_q8k: quantize_q8k_portable,

@@ -7,6 +7,8 @@
 
 use half::{bf16, f16};
 
+use crate::lowbit;
+
 /// A tensor element format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -22,6 +24,10 @@ pub enum DType {
     Q4_K,
     Q5_K,
     Q6_K,
+    Q2_K,
+    Q3_K,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 /// Values per block of the k-quant formats.
@@ -30,7 +36,7 @@ pub const QK_K: usize = 256;
 impl DType {
     /// Every supported format, for tests and listings.
     /// The block-quantized formats (those with integer dot products).
-    pub const QUANTIZED: [DType; 8] = [
+    pub const QUANTIZED: [DType; 12] = [
         DType::Q4_0,
         DType::Q4_1,
         DType::Q5_0,
@@ -39,9 +45,13 @@ impl DType {
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
     ];
 
-    pub const ALL: [DType; 11] = [
+    pub const ALL: [DType; 15] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -53,6 +63,10 @@ impl DType {
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
     ];
 
     /// Maps a GGML type id (as stored in GGUF tensor infos) to a format.
@@ -65,9 +79,13 @@ impl DType {
             6 => DType::Q5_0,
             7 => DType::Q5_1,
             8 => DType::Q8_0,
+            10 => DType::Q2_K,
+            11 => DType::Q3_K,
             12 => DType::Q4_K,
             13 => DType::Q5_K,
             14 => DType::Q6_K,
+            20 => DType::IQ4_NL,
+            23 => DType::IQ4_XS,
             30 => DType::BF16,
             _ => return None,
         })
@@ -85,6 +103,10 @@ impl DType {
             DType::Q4_K => 12,
             DType::Q5_K => 13,
             DType::Q6_K => 14,
+            DType::Q2_K => 10,
+            DType::Q3_K => 11,
+            DType::IQ4_NL => 20,
+            DType::IQ4_XS => 23,
             DType::BF16 => 30,
         }
     }
@@ -102,6 +124,10 @@ impl DType {
             DType::Q4_K => "Q4_K",
             DType::Q5_K => "Q5_K",
             DType::Q6_K => "Q6_K",
+            DType::Q2_K => "Q2_K",
+            DType::Q3_K => "Q3_K",
+            DType::IQ4_NL => "IQ4_NL",
+            DType::IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -109,8 +135,12 @@ impl DType {
     pub fn block_len(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => 32,
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => QK_K,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4_NL => {
+                32
+            }
+            DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q2_K | DType::Q3_K | DType::IQ4_XS => {
+                QK_K
+            }
         }
     }
 
@@ -127,6 +157,10 @@ impl DType {
             DType::Q4_K => 2 + 2 + 12 + QK_K / 2,
             DType::Q5_K => 2 + 2 + 12 + QK_K / 8 + QK_K / 2,
             DType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+            DType::Q2_K => lowbit::Q2_K_BYTES,
+            DType::Q3_K => lowbit::Q3_K_BYTES,
+            DType::IQ4_NL => lowbit::IQ4_NL_BYTES,
+            DType::IQ4_XS => lowbit::IQ4_XS_BYTES,
         }
     }
 
@@ -265,6 +299,10 @@ fn dequantize_block(ty: DType, b: &[u8], y: &mut [f32]) {
                 }
             }
         }
+        DType::Q2_K => lowbit::dequantize_q2_k(b, y),
+        DType::Q3_K => lowbit::dequantize_q3_k(b, y),
+        DType::IQ4_NL => lowbit::dequantize_iq4_nl(b, y),
+        DType::IQ4_XS => lowbit::dequantize_iq4_xs(b, y),
     }
 }
 
@@ -333,9 +371,11 @@ pub fn sample_blocks(ty: DType, n: usize, seed: u64) -> Vec<u8> {
     let mut row = noise(ty.bytes_for(n as u64).unwrap() as usize, seed);
     let f16_fields: &[usize] = match ty {
         DType::F16 => &[],
-        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
         DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
         DType::Q6_K => &[208],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
         _ => &[],
     };
     let bytes = ty.block_bytes();
@@ -382,6 +422,10 @@ pub(crate) mod tests {
             (DType::Q4_K, 256, 144),
             (DType::Q5_K, 256, 176),
             (DType::Q6_K, 256, 210),
+            (DType::Q2_K, 256, 84),
+            (DType::Q3_K, 256, 110),
+            (DType::IQ4_NL, 32, 18),
+            (DType::IQ4_XS, 256, 136),
         ];
         for (ty, len, bytes) in expect {
             assert_eq!((ty.block_len(), ty.block_bytes()), (len, bytes), "{ty}");
@@ -533,16 +577,7 @@ pub(crate) mod tests {
     }
 
     /// Every block-quantized format (those with integer dot products).
-    pub(crate) const QUANTIZED: [DType; 8] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ];
+    pub(crate) const QUANTIZED: [DType; 12] = DType::QUANTIZED;
 
     /// Random blocks whose f16 fields hold small finite values.
     pub(crate) fn random_row(ty: DType, n: usize, seed: u64) -> Vec<u8> {

@@ -65,7 +65,7 @@ pub enum GgufError {
     #[error("tensor '{name}' has unknown or unsupported type id {ty}")]
     UnknownTensorType { name: String, ty: u32 },
     #[error(
-        "tensor '{name}' is stored as {format}, a format Lampo does not run yet (it runs F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+        "tensor '{name}' is stored as {format}, a format Lampo does not run yet (it runs F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)"
     )]
     UnsupportedFormat { name: String, format: &'static str },
     #[error(
@@ -576,17 +576,13 @@ impl lampo_kernels::Mapping for GgufFile {
 fn ggml_format_name(id: u32) -> Option<&'static str> {
     Some(match id {
         9 => "Q8_1",
-        10 => "Q2_K",
-        11 => "Q3_K",
         15 => "Q8_K",
         16 => "IQ2_XXS",
         17 => "IQ2_XS",
         18 => "IQ3_XXS",
         19 => "IQ1_S",
-        20 => "IQ4_NL",
         21 => "IQ3_S",
         22 => "IQ2_S",
-        23 => "IQ4_XS",
         24 => "I8",
         25 => "I16",
         26 => "I32",

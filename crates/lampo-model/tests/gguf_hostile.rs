@@ -58,6 +58,23 @@ impl Writer {
         self.n_tensors += 1;
         self
     }
+    /// A tensor of GGML type `ty` holding `data` as given.
+    fn tensor_raw(&mut self, name: &str, shape: &[u64], ty: u32, data: &[u8]) -> &mut Self {
+        let offset = self.data.len() as u64;
+        put_str(&mut self.infos, name);
+        self.infos.extend((shape.len() as u32).to_le_bytes());
+        for d in shape {
+            self.infos.extend(d.to_le_bytes());
+        }
+        self.infos.extend(ty.to_le_bytes());
+        self.infos.extend(offset.to_le_bytes());
+        self.data.extend(data);
+        while !self.data.len().is_multiple_of(32) {
+            self.data.push(0);
+        }
+        self.n_tensors += 1;
+        self
+    }
     fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
@@ -229,6 +246,32 @@ fn every_truncation_is_an_error() {
     );
 }
 
+/// A file in each low-bit format reads; cut short, or with rows that are
+/// not whole blocks, it is refused with one line naming the tensor.
+#[test]
+fn low_bit_formats_read_and_truncations_are_named() {
+    use lampo_kernels::DType;
+    use lampo_kernels::quant::sample_blocks;
+    for ty in [DType::Q2_K, DType::Q3_K, DType::IQ4_NL, DType::IQ4_XS] {
+        let data = sample_blocks(ty, 512, 5);
+        let mut w = Writer::default();
+        w.tensor_raw("t", &[256, 2], ty.ggml_id(), &data);
+        let b = w.bytes();
+        let g = Gguf::parse(&b).unwrap_or_else(|e| panic!("{ty}: {e}"));
+        assert_eq!(g.tensors[0].dtype, ty);
+        let err = Gguf::parse(&b[..b.len() - 32]).unwrap_err().to_string();
+        assert!(err.contains("'t'"), "{ty} truncated: {err}");
+        assert_eq!(err.lines().count(), 1, "{ty}: {err}");
+        let mut w = Writer::default();
+        w.tensor_raw("t", &[100, 1], ty.ggml_id(), &data);
+        let err = Gguf::parse(&w.bytes()).unwrap_err().to_string();
+        assert!(
+            err.contains("'t'") && err.contains(ty.name()),
+            "{ty} partial: {err}"
+        );
+    }
+}
+
 #[test]
 fn flipped_bytes_never_panic() {
     let bytes = tiny_llama().bytes();
@@ -336,10 +379,10 @@ fn unknown_and_wrong_types() {
         "{err}"
     );
     // A known GGML format Lampo does not run yet is named.
-    b[ty_at..ty_at + 4].copy_from_slice(&11u32.to_le_bytes());
+    b[ty_at..ty_at + 4].copy_from_slice(&16u32.to_le_bytes());
     let err = Gguf::parse(&b).unwrap_err().to_string();
     assert!(
-        err.contains("tensor 't' is stored as Q3_K, a format Lampo does not run yet"),
+        err.contains("tensor 't' is stored as IQ2_XXS, a format Lampo does not run yet"),
         "{err}"
     );
 

@@ -241,6 +241,7 @@ macro_rules! row_dots {
                         q4_k,
                         q5_k,
                         q6_k,
+                        ..FormatDots::PORTABLE
                     },
                     rows8: Some(rows8_dots()),
                     quantize_q8,

@@ -264,6 +264,7 @@ macro_rules! rows8_ymm {
                 q4_k: rows8_q4_k,
                 q5_k: rows8_q5_k,
                 q6_k: rows8_q6_k,
+                ..FormatDots::LOWBIT_NONE
             },
         }
     }

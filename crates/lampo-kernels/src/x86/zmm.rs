@@ -335,6 +335,7 @@ pub fn rows8_dots() -> Rows8Dots {
             q4_k: rows8_q4_k,
             q5_k: rows8_q5_k,
             q6_k: rows8_q6_k,
+            ..FormatDots::LOWBIT_NONE
         },
     }
 }

@@ -115,6 +115,8 @@ pub enum Rows8Format {
     Q4_K,
     Q5_K,
     Q6_K,
+    /// Q4_0's layout; the kernels look the nibbles up in the IQ4 levels.
+    IQ4_NL,
 }
 
 impl Rows8Format {
@@ -128,6 +130,7 @@ impl Rows8Format {
             DType::Q4_K => Rows8Format::Q4_K,
             DType::Q5_K => Rows8Format::Q5_K,
             DType::Q6_K => Rows8Format::Q6_K,
+            DType::IQ4_NL => Rows8Format::IQ4_NL,
             _ => return None,
         })
     }
@@ -141,7 +144,8 @@ impl Rows8Format {
             4 => Rows8Format::Q8_0,
             5 => Rows8Format::Q4_K,
             6 => Rows8Format::Q5_K,
-            _ => Rows8Format::Q6_K,
+            7 => Rows8Format::Q6_K,
+            _ => Rows8Format::IQ4_NL,
         }
     }
 
@@ -155,6 +159,7 @@ impl Rows8Format {
             Rows8Format::Q4_K => DType::Q4_K,
             Rows8Format::Q5_K => DType::Q5_K,
             Rows8Format::Q6_K => DType::Q6_K,
+            Rows8Format::IQ4_NL => DType::IQ4_NL,
         }
     }
 
@@ -162,7 +167,7 @@ impl Rows8Format {
     /// and minimums are stored unpacked, a byte each (3% larger).
     pub const fn group_bytes(self) -> usize {
         match self {
-            Rows8Format::Q4_0 => 8 * 18,
+            Rows8Format::Q4_0 | Rows8Format::IQ4_NL => 8 * 18,
             Rows8Format::Q4_1 => 8 * 20,
             Rows8Format::Q5_0 => 8 * 22,
             Rows8Format::Q5_1 => 8 * 24,
@@ -183,6 +188,11 @@ impl Rows8Format {
         matches!(self, Rows8Format::Q4_1 | Rows8Format::Q5_1)
     }
 
+    /// Whether the 4-bit codes index the IQ4 levels (dotted signed).
+    pub const fn levels(self) -> bool {
+        matches!(self, Rows8Format::IQ4_NL)
+    }
+
     pub const fn five_bit(self) -> bool {
         matches!(self, Rows8Format::Q5_0 | Rows8Format::Q5_1)
     }
@@ -200,7 +210,7 @@ impl Rows8Format {
     /// Where the packed values start in a GGUF block, and how many bytes.
     const fn quants(self) -> (usize, usize) {
         match self {
-            Rows8Format::Q4_0 => (2, 16),
+            Rows8Format::Q4_0 | Rows8Format::IQ4_NL => (2, 16),
             Rows8Format::Q4_1 => (4, 16),
             Rows8Format::Q5_0 => (6, 16),
             Rows8Format::Q5_1 => (8, 16),

@@ -12,6 +12,7 @@
 //!
 //! Files: `quantize` (activations to 8-bit blocks), `entries` (the safe
 //! entry points and the per-format 32-value kernels, `q8_kernel!`),
+//! `lowbit` (row-major kernels of Q2_K, Q3_K, IQ4_NL, IQ4_XS),
 //! `rows` (the row-major kernels, `row_dots!`), `ymm` (the 256-bit
 //! interleaved kernels, `rows8_ymm!`), `zmm` (the 512-bit ones). The two
 //! instruction sets are instantiated here.
@@ -40,6 +41,8 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 
 #[macro_use]
 mod entries;
+#[macro_use]
+mod lowbit;
 #[macro_use]
 mod ymm;
 #[macro_use]

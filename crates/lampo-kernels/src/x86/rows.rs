@@ -205,6 +205,8 @@ macro_rules! row_dots {
                 }
             }
 
+            lowbit_kernels!($features);
+
             fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
                 // SAFETY: reachable only through `row_dots`, after detection
                 // of a superset of AVX2.
@@ -224,6 +226,10 @@ macro_rules! row_dots {
             entry!(q4_k, k4_n[, false], Q8KBlock, 144);
             entry!(q5_k, k4_n[, true], Q8KBlock, 176);
             entry!(q6_k, q6_k_n[], Q8KBlock, 210);
+            entry!(q2_k, q2_k_n[], Q8KBlock, 84);
+            entry!(q3_k, q3_k_n[], Q8KBlock, 110);
+            entry!(iq4_nl, iq4_nl_n[], Q8Block, 18);
+            entry!(iq4_xs, iq4_xs_n[], Q8KBlock, 136);
 
             /// The kernels, when this CPU has the instructions they need.
             pub fn row_dots() -> Option<RowDots> {
@@ -241,7 +247,10 @@ macro_rules! row_dots {
                         q4_k,
                         q5_k,
                         q6_k,
-                        ..FormatDots::PORTABLE
+                        q2_k: Some(q2_k),
+                        q3_k: Some(q3_k),
+                        iq4_nl: Some(iq4_nl),
+                        iq4_xs: Some(iq4_xs),
                     },
                     rows8: Some(rows8_dots()),
                     quantize_q8,

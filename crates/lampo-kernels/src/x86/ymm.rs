@@ -47,6 +47,25 @@ macro_rules! rows8_ymm {
                         let p = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
                         let mut lo = _mm256_and_si256(p, m4);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), m4);
+                        if fmt.levels() {
+                            // Signed levels, dotted by sign transfer.
+                            let l = _mm_loadu_si128(crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i);
+                            let table = _mm256_set_m128i(l, l);
+                            let (lo, hi) = (
+                                _mm256_shuffle_epi8(table, lo),
+                                _mm256_shuffle_epi8(table, hi),
+                            );
+                            let (lo_abs, hi_abs) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
+                            for t in 0..N {
+                                let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                                let a_lo = _mm256_set1_epi32((ya.add(4 * j) as *const i32).read_unaligned());
+                                let a_hi =
+                                    _mm256_set1_epi32((ya.add(16 + 4 * j) as *const i32).read_unaligned());
+                                isum[t] = dot_acc(isum[t], lo_abs, _mm256_sign_epi8(a_lo, lo));
+                                isum[t] = dot_acc(isum[t], hi_abs, _mm256_sign_epi8(a_hi, hi));
+                            }
+                            continue;
+                        }
                         if five {
                             lo = _mm256_or_si256(lo, high_bits(h.add(j).read_unaligned()));
                             hi = _mm256_or_si256(hi, high_bits(h.add(j + 4).read_unaligned()));
@@ -246,6 +265,7 @@ macro_rules! rows8_ymm {
     rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
 
     rows8_entry!(rows8_q4_0, rows8_n, Rows8Format::Q4_0);
+    rows8_entry!(rows8_iq4_nl, rows8_n, Rows8Format::IQ4_NL);
     rows8_entry!(rows8_q4_1, rows8_n, Rows8Format::Q4_1);
     rows8_entry!(rows8_q5_0, rows8_n, Rows8Format::Q5_0);
     rows8_entry!(rows8_q5_1, rows8_n, Rows8Format::Q5_1);
@@ -264,6 +284,7 @@ macro_rules! rows8_ymm {
                 q4_k: rows8_q4_k,
                 q5_k: rows8_q5_k,
                 q6_k: rows8_q6_k,
+                iq4_nl: Some(rows8_iq4_nl),
                 ..FormatDots::LOWBIT_NONE
             },
         }

@@ -76,6 +76,30 @@ unsafe fn rows8_n<const N: usize, const F: u8>(
                     let p = _mm512_loadu_si512(q.add(64 * j) as *const __m512i);
                     let mut lo = _mm512_and_si512(p, m4);
                     let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4);
+                    if fmt.levels() {
+                        // Signed levels: |w| times the activations negated
+                        // where w is negative.
+                        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(
+                            crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i,
+                        ));
+                        let (lo, hi) = (
+                            _mm512_shuffle_epi8(table, lo),
+                            _mm512_shuffle_epi8(table, hi),
+                        );
+                        let (nl, nh) = (_mm512_movepi8_mask(lo), _mm512_movepi8_mask(hi));
+                        let (lo, hi) = (_mm512_abs_epi8(lo), _mm512_abs_epi8(hi));
+                        let zero = _mm512_setzero_si512();
+                        for t in 0..N {
+                            let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
+                            let a_lo = bcast8(ya.add(8 * j));
+                            let a_hi = bcast8(ya.add(16 + 8 * j));
+                            let a_lo = _mm512_mask_sub_epi8(a_lo, nl, zero, a_lo);
+                            let a_hi = _mm512_mask_sub_epi8(a_hi, nh, zero, a_hi);
+                            isum[t] = _mm512_dpbusd_epi32(isum[t], lo, a_lo);
+                            isum[t] = _mm512_dpbusd_epi32(isum[t], hi, a_hi);
+                        }
+                        continue;
+                    }
                     if five {
                         let ten = _mm512_set1_epi8(0x10);
                         lo = _mm512_mask_add_epi8(lo, masks.add(j).read_unaligned(), lo, ten);
@@ -319,6 +343,7 @@ rows8_entry!(rows8_q5_1, rows8_n, Rows8Format::Q5_1);
 rows8_entry!(rows8_q8_0, rows8_n, Rows8Format::Q8_0);
 rows8k_entry!(rows8_q4_k, k4_rows8_n[, false], Rows8Format::Q4_K);
 rows8k_entry!(rows8_q5_k, k4_rows8_n[, true], Rows8Format::Q5_K);
+rows8_entry!(rows8_iq4_nl, rows8_n, Rows8Format::IQ4_NL);
 rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
 
 /// The 512-bit interleaved kernels (the caller has detected AVX-512
@@ -335,6 +360,7 @@ pub fn rows8_dots() -> Rows8Dots {
             q4_k: rows8_q4_k,
             q5_k: rows8_q5_k,
             q6_k: rows8_q6_k,
+            iq4_nl: Some(rows8_iq4_nl),
             ..FormatDots::LOWBIT_NONE
         },
     }

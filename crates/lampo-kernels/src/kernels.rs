@@ -14,6 +14,9 @@ pub struct Kernels {
     pub isa: Isa,
     pub dots: RowDots,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// A BF16 weight row (its bytes) dotted with 1 to 4 rows of f32
+    /// activations.
+    pub dot_bf16: simd::Bf16Dot,
     pub group_scores_f16: fn(&[f32], F16Run, &mut [f32]),
     pub group_weighted_sum_f16: fn(&mut [f32], &[f32], usize, F16Run),
     pub rms_scale: fn(&[f32], f32) -> f32,
@@ -29,6 +32,7 @@ impl Kernels {
         isa: Isa::Portable,
         dots: RowDots::PORTABLE,
         dot_f32: simd::dot_portable,
+        dot_bf16: simd::dot_bf16_rows_portable,
         group_scores_f16: simd::group_scores_f16_portable,
         group_weighted_sum_f16: simd::group_weighted_sum_f16_portable,
         rms_scale: ops::rms_scale_portable,
@@ -52,6 +56,7 @@ impl Kernels {
                 isa,
                 dots,
                 dot_f32: simd::dot_avx2,
+                dot_bf16: simd::dot_bf16_rows_avx2,
                 group_scores_f16: simd::group_scores_f16_avx2,
                 group_weighted_sum_f16: simd::group_weighted_sum_f16_avx2,
                 rms_scale: ops::rms_scale_avx2,

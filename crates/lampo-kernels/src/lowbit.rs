@@ -4,9 +4,9 @@
 //! 8-bit activations (Q2_K, Q3_K and IQ4_XS take 256-value blocks, IQ4_NL
 //! 32-value ones, as in GGML), laid out bit for bit as GGML defines them.
 //!
-//! These formats have no interleaved kernels yet; x86 has row-major SIMD
-//! kernels for them (`x86/lowbit.rs`), other instruction sets run the
-//! portable dots here.
+//! On x86 these formats have row-major SIMD kernels (`x86/lowbit.rs`) and
+//! IQ4_NL also interleaved ones (Q4_0's layout, `repack`); the other
+//! instruction sets run the portable dots here.
 
 use half::f16;
 

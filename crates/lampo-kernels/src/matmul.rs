@@ -173,6 +173,9 @@ pub fn matmul_many(ctx: MatmulCtx, x: &[f32], jobs: &mut [(WeightRef, &mut [f32]
                         (_, Some(k)) => integer_rows(w, &q8k, k, n, rows, *out),
                         _ => unreachable!("a format with 8-bit activations has a kernel"),
                     },
+                    (false, Layout::Rows) if w.dtype == DType::BF16 => {
+                        bf16_rows(kernels.dot_bf16, w, x, rows, *out)
+                    }
                     (false, Layout::Rows) => float_rows(kernels.dot_f32, w, x, rows, *out),
                 }
             }
@@ -282,6 +285,30 @@ fn integer_rows8<B>(
 }
 
 /// Rows `rows` of `w` dequantized to f32 and dotted with f32 activations.
+/// BF16 weights read in place, widened in registers by the dot itself,
+/// for up to [`MAX_TOKENS`] tokens per pass over a row.
+fn bf16_rows(
+    dot_bf16: crate::simd::Bf16Dot,
+    w: &WeightRef,
+    x: &[f32],
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    let cols = w.cols;
+    let n = x.len() / cols;
+    let mut res = [0f32; MAX_TOKENS];
+    for t0 in (0..n).step_by(MAX_TOKENS) {
+        let t1 = (t0 + MAX_TOKENS).min(n);
+        for r in rows.clone() {
+            dot_bf16(w.row(r), &x[t0 * cols..t1 * cols], &mut res[..t1 - t0]);
+            for (t, &v) in (t0..t1).zip(&res) {
+                // SAFETY: as in `integer_rows`.
+                unsafe { *out.0.add(t * w.rows + r) = v };
+            }
+        }
+    }
+}
+
 fn float_rows(
     dot_f32: fn(&[f32], &[f32]) -> f32,
     w: &WeightRef,

@@ -183,9 +183,10 @@ pub type Q8RowDot = fn(w: &[u8], acts: &[Q8Block], out: &mut [f32]);
 pub type Q8KRowDot = fn(w: &[u8], acts: &[Q8KBlock], out: &mut [f32]);
 
 /// One kernel per quantized format. The low-bit formats
-/// ([`crate::lowbit`]) have portable kernels only: every instruction set's
-/// row-major table takes them from [`FormatDots::PORTABLE`], and its
-/// interleaved table has none ([`FormatDots::LOWBIT_NONE`]).
+/// ([`crate::lowbit`]) are optional: an instruction set without its own
+/// kernels for them takes the portable ones ([`FormatDots::PORTABLE`]),
+/// and an interleaved table without them says so
+/// ([`FormatDots::LOWBIT_NONE`]), so those weights stay row-major.
 #[derive(Clone, Copy)]
 pub struct FormatDots {
     pub q4_0: Q8RowDot,

@@ -290,6 +290,116 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7])) + tail
 }
 
+/// The f32 value of the BF16 value in two little-endian bytes.
+#[inline(always)]
+fn widen_bf16(b: &[u8]) -> f32 {
+    f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+}
+
+/// BF16 weights dotted with 1 to 4 activation rows at once (`x` holds
+/// `out.len()` rows of `w`'s length), one result per row.
+pub type Bf16Dot = fn(w: &[u8], x: &[f32], out: &mut [f32]);
+
+/// BF16 weights (`w`, two bytes a value) dotted with f32 activations
+/// (portable): the sums of [`dot_portable`] over the widened row (a BF16
+/// value is the top half of an f32, so the widening is exact).
+pub fn dot_bf16_portable(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 2).min(x.len());
+    let mut acc = [0f32; 8];
+    let mut cw = w[..2 * n].chunks_exact(16);
+    let mut cx = x[..n].chunks_exact(8);
+    for (wb, xb) in (&mut cw).zip(&mut cx) {
+        for i in 0..8 {
+            acc[i] += widen_bf16(&wb[2 * i..2 * i + 2]) * xb[i];
+        }
+    }
+    let tail: f32 = cw
+        .remainder()
+        .chunks_exact(2)
+        .zip(cx.remainder())
+        .map(|(wb, xv)| widen_bf16(wb) * xv)
+        .sum();
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// [`dot_bf16_portable`] once per activation row.
+pub fn dot_bf16_rows_portable(w: &[u8], x: &[f32], out: &mut [f32]) {
+    let n = w.len() / 2;
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = dot_bf16_portable(w, &x[t * n..(t + 1) * n]);
+    }
+}
+
+/// BF16 weights dotted with `N` activation rows, each 16 weights widened
+/// once (two 8-lane vectors) for all rows; per row exactly the sums of
+/// [`dot_lanes`] over the widened weights.
+///
+/// # Safety
+/// AVX2 and FMA are present; `w` holds `n` values and `x` `N × n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_bf16_rows_n<const N: usize>(w: &[u8], x: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = w.len() / 2;
+    let full = n / 16 * 16;
+    let (mut lo, mut hi) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+    let widen8 = |p: *const u8| {
+        // SAFETY: 16 readable bytes at `p` (within `w`'s `full` values).
+        let h = unsafe { _mm_loadu_si128(p as *const __m128i) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    };
+    for c in (0..full).step_by(16) {
+        let wp = w[2 * c..2 * c + 32].as_ptr();
+        let (w_lo, w_hi) = (widen8(wp), widen8(wp.wrapping_add(16)));
+        for t in 0..N {
+            let xp = x[t * n + c..t * n + c + 16].as_ptr();
+            // SAFETY: `xp` points at 16 values of row `t`.
+            unsafe {
+                lo[t] = _mm256_fmadd_ps(w_lo, _mm256_loadu_ps(xp), lo[t]);
+                hi[t] = _mm256_fmadd_ps(w_hi, _mm256_loadu_ps(xp.add(8)), hi[t]);
+            }
+        }
+    }
+    for t in 0..N {
+        let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: eight writable floats each.
+        unsafe {
+            _mm256_storeu_ps(a.as_mut_ptr(), lo[t]);
+            _mm256_storeu_ps(b.as_mut_ptr(), hi[t]);
+        }
+        let mut tail = 0f32;
+        for j in full..n {
+            tail = widen_bf16(&w[2 * j..2 * j + 2]).mul_add(x[t * n + j], tail);
+        }
+        let s: [f32; 8] = std::array::from_fn(|i| a[i] + b[i]);
+        out[t] = (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
+    }
+}
+
+/// As [`dot_bf16_rows_portable`] on AVX2+FMA, each weight widened once for
+/// every row (only reachable through a kernel table built after detecting
+/// them).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn dot_bf16_rows_avx2(w: &[u8], x: &[f32], out: &mut [f32]) {
+    assert!(
+        (1..=4).contains(&out.len()) && x.len() == out.len() * (w.len() / 2),
+        "{} activation values for {} rows of {} weights",
+        x.len(),
+        out.len(),
+        w.len() / 2
+    );
+    // SAFETY: in a kernel table only after detecting AVX2 and FMA; the
+    // lengths were checked.
+    unsafe {
+        match out.len() {
+            1 => dot_bf16_rows_n::<1>(w, x, out),
+            2 => dot_bf16_rows_n::<2>(w, x, out),
+            3 => dot_bf16_rows_n::<3>(w, x, out),
+            _ => dot_bf16_rows_n::<4>(w, x, out),
+        }
+    }
+}
+
 /// Dot product of two equally long f32 slices.
 pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     // Without FMA hardware `mul_add` is a slow library call: multiply and add instead.

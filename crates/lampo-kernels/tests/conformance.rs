@@ -271,6 +271,29 @@ fn f32_and_f16_primitives_match_the_portable_ones() {
                 &format!("{} dot n={n}", k.isa),
             );
         }
+        // BF16 weights read natively: exactly the f32 dot of the widened
+        // row, whatever the number of activation rows dotted at once.
+        let w: Vec<u8> = a
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let mut widened = vec![0f32; n];
+        dequantize_row(DType::BF16, &w, &mut widened);
+        for k in Kernels::available() {
+            for nt in 1..=MAX_TOKENS {
+                let x: Vec<f32> = (0..nt).flat_map(|t| values(n, 9 + t as u64, 1.0)).collect();
+                let mut got = vec![0f32; nt];
+                (k.dot_bf16)(&w, &x, &mut got);
+                for t in 0..nt {
+                    assert_eq!(
+                        got[t].to_bits(),
+                        (k.dot_f32)(&widened, &x[t * n..(t + 1) * n]).to_bits(),
+                        "{} bf16 dot n={n} rows={nt} row={t}",
+                        k.isa
+                    );
+                }
+            }
+        }
     }
     for (groups, hd, n, stride) in [
         (1usize, 64usize, 1usize, 64usize),

@@ -117,6 +117,7 @@ pub enum Rows8Format {
     Q6_K,
     /// Q4_0's layout; the kernels look the nibbles up in the IQ4 levels.
     IQ4_NL,
+    IQ4_XS,
 }
 
 impl Rows8Format {
@@ -131,6 +132,7 @@ impl Rows8Format {
             DType::Q5_K => Rows8Format::Q5_K,
             DType::Q6_K => Rows8Format::Q6_K,
             DType::IQ4_NL => Rows8Format::IQ4_NL,
+            DType::IQ4_XS => Rows8Format::IQ4_XS,
             _ => return None,
         })
     }
@@ -145,7 +147,8 @@ impl Rows8Format {
             5 => Rows8Format::Q4_K,
             6 => Rows8Format::Q5_K,
             7 => Rows8Format::Q6_K,
-            _ => Rows8Format::IQ4_NL,
+            8 => Rows8Format::IQ4_NL,
+            _ => Rows8Format::IQ4_XS,
         }
     }
 
@@ -160,6 +163,7 @@ impl Rows8Format {
             Rows8Format::Q5_K => DType::Q5_K,
             Rows8Format::Q6_K => DType::Q6_K,
             Rows8Format::IQ4_NL => DType::IQ4_NL,
+            Rows8Format::IQ4_XS => DType::IQ4_XS,
         }
     }
 
@@ -175,6 +179,7 @@ impl Rows8Format {
             Rows8Format::Q4_K => 32 + 128 + 1024,
             Rows8Format::Q5_K => 32 + 128 + 1024 + 256,
             Rows8Format::Q6_K => 16 + 128 + 1024 + 512,
+            Rows8Format::IQ4_XS => 16 + 64 + 1024,
         }
     }
 
@@ -248,6 +253,7 @@ pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Packed> {
             match fmt {
                 Rows8Format::Q4_K | Rows8Format::Q5_K => interleave_k4(fmt, unit, dst, src),
                 Rows8Format::Q6_K => interleave_q6_k(unit, dst, src),
+                Rows8Format::IQ4_XS => interleave_iq4_xs(unit, dst, src),
                 _ => interleave_32(fmt, unit, dst, src),
             }
         }
@@ -292,6 +298,28 @@ fn interleave_32<'a>(fmt: Rows8Format, u: usize, dst: &mut [u8], src: impl Fn(us
             }
             let at = o + 128 + u * v;
             dst[at..at + u].copy_from_slice(&mask.to_le_bytes()[..u]);
+        }
+    }
+}
+
+/// One block column of IQ4_XS: eight f16 scales, the sub-block scales
+/// less 32 as signed bytes `[sub][row]`, then per sub-block the 16 code
+/// bytes of each row as IQ4_NL interleaves a block's (vectors `[sub][j]`
+/// whose bytes `unit i..` are row `i`'s bytes `unit j..`).
+fn interleave_iq4_xs<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    for i in 0..8 {
+        let b = src(i);
+        dst[2 * i..2 * i + 2].copy_from_slice(&b[..2]);
+        let high = u16::from_le_bytes([b[2], b[3]]) as u32;
+        let low = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for sub in 0..8 {
+            let ls = ((low >> (4 * sub)) & 15) | (((high >> (2 * sub)) & 3) << 4);
+            dst[16 + 8 * sub + i] = (ls as i32 - 32) as i8 as u8;
+            for j in 0..16 / u {
+                let at = 80 + 128 * sub + 8 * u * j + u * i;
+                let from = 8 + 16 * sub + u * j;
+                dst[at..at + u].copy_from_slice(&b[from..from + u]);
+            }
         }
     }
 }

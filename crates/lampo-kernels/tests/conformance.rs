@@ -56,7 +56,7 @@ fn close(got: f32, want: f32, tol: f32, what: &str) {
 }
 
 /// The formats without an interleaved layout yet (row-major kernels only).
-const NOT_INTERLEAVED: [DType; 3] = [DType::Q2_K, DType::Q3_K, DType::IQ4_XS];
+const NOT_INTERLEAVED: [DType; 2] = [DType::Q2_K, DType::Q3_K];
 
 #[test]
 fn every_quantized_format_has_every_kernel() {

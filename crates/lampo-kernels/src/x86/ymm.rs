@@ -179,6 +179,66 @@ macro_rules! rows8_ymm {
         }
     }
 
+    /// IQ4_XS interleaved eight rows at a time (see
+    /// `repack::interleave_iq4_xs`): per 32-value sub-block the IQ4_NL
+    /// dot of eight rows (signed levels, by sign transfer), times each
+    /// row's sub-block scale.
+    #[target_feature(enable = $features)]
+    unsafe fn iq4_xs_rows8_n<const N: usize>(
+        w: *const u8,
+        blocks: usize,
+        acts: *const Q8KBlock,
+        out: *mut f32,
+    ) {
+        let group = Rows8Format::IQ4_XS.group_bytes();
+        let mut acc = [_mm256_setzero_ps(); N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        // SAFETY: IQ4_LEVELS is 16 bytes.
+        let l = unsafe { _mm_loadu_si128(crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i) };
+        let table = _mm256_set_m128i(l, l);
+        for b in 0..blocks {
+            // SAFETY (caller): `blocks` groups of weights and
+            // `N × blocks` activation blocks are readable.
+            unsafe {
+                let g = w.add(b * group);
+                let mut iacc = [_mm256_setzero_si256(); N];
+                for sub in 0..8 {
+                    let mut s = [_mm256_setzero_si256(); N];
+                    for j in 0..4 {
+                        let p = _mm256_loadu_si256(g.add(80 + 128 * sub + 32 * j) as *const __m256i);
+                        let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(p, m4));
+                        let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(p), m4));
+                        let (lo_abs, hi_abs) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
+                        for t in 0..N {
+                            let ya = (*acts.add(t * blocks + b)).qs.as_ptr().add(32 * sub + 4 * j);
+                            let a_lo = _mm256_set1_epi32((ya as *const i32).read_unaligned());
+                            let a_hi = _mm256_set1_epi32((ya.add(16) as *const i32).read_unaligned());
+                            s[t] = dot_acc(s[t], lo_abs, _mm256_sign_epi8(a_lo, lo));
+                            s[t] = dot_acc(s[t], hi_abs, _mm256_sign_epi8(a_hi, hi));
+                        }
+                    }
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(g.add(16 + 8 * sub) as *const __m128i));
+                    for t in 0..N {
+                        iacc[t] = _mm256_add_epi32(iacc[t], _mm256_mullo_epi32(s[t], sc));
+                    }
+                }
+                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
+                for t in 0..N {
+                    let y = &*acts.add(t * blocks + b);
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_mul_ps(d8, _mm256_set1_ps(y.d)),
+                        _mm256_cvtepi32_ps(iacc[t]),
+                        acc[t],
+                    );
+                }
+            }
+        }
+        for t in 0..N {
+            // SAFETY (caller): `out` holds 8 × N values.
+            unsafe { _mm256_storeu_ps(out.add(8 * t), acc[t]) };
+        }
+    }
+
     /// Q6_K interleaved eight rows at a time: 6-bit values offset by
     /// 32 and sixteen signed 8-bit scales per row and block.
     #[target_feature(enable = $features)]
@@ -263,6 +323,7 @@ macro_rules! rows8_ymm {
     rows8k_entry!(rows8_q4_k, k4_rows8_n[, false], Rows8Format::Q4_K);
     rows8k_entry!(rows8_q5_k, k4_rows8_n[, true], Rows8Format::Q5_K);
     rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
+    rows8k_entry!(rows8_iq4_xs, iq4_xs_rows8_n[], Rows8Format::IQ4_XS);
 
     rows8_entry!(rows8_q4_0, rows8_n, Rows8Format::Q4_0);
     rows8_entry!(rows8_iq4_nl, rows8_n, Rows8Format::IQ4_NL);
@@ -285,6 +346,7 @@ macro_rules! rows8_ymm {
                 q5_k: rows8_q5_k,
                 q6_k: rows8_q6_k,
                 iq4_nl: Some(rows8_iq4_nl),
+                iq4_xs: Some(rows8_iq4_xs),
                 ..FormatDots::LOWBIT_NONE
             },
         }

@@ -237,6 +237,75 @@ unsafe fn k4_rows8_n<const N: usize, const FIFTH: bool>(
     }
 }
 
+/// IQ4_XS (see `repack::interleave_iq4_xs`): per 32-value sub-block the
+/// IQ4_NL dot of eight rows, times each row's sub-block scale.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn iq4_xs_rows8_n<const N: usize>(
+    w: *const u8,
+    blocks: usize,
+    acts: *const Q8KBlock,
+    out: *mut f32,
+) {
+    let group = Rows8Format::IQ4_XS.group_bytes();
+    let mut acc = [_mm512_setzero_ps(); N];
+    let m4 = _mm512_set1_epi8(0x0f);
+    // SAFETY: IQ4_LEVELS is 16 bytes.
+    let table = _mm512_broadcast_i32x4(unsafe {
+        _mm_loadu_si128(crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i)
+    });
+    let zero = _mm512_setzero_si512();
+    for b in 0..blocks {
+        // SAFETY (caller): `blocks` groups of weights and `N × blocks`
+        // activation blocks are readable.
+        unsafe {
+            let g = w.add(b * group);
+            let mut iacc = [_mm512_setzero_si512(); N];
+            for sub in 0..8 {
+                let mut s = [_mm512_setzero_si512(); N];
+                for j in 0..2 {
+                    let p = _mm512_loadu_si512(g.add(80 + 128 * sub + 64 * j) as *const __m512i);
+                    let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(p, m4));
+                    let hi =
+                        _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4));
+                    let (nl, nh) = (_mm512_movepi8_mask(lo), _mm512_movepi8_mask(hi));
+                    let (lo, hi) = (_mm512_abs_epi8(lo), _mm512_abs_epi8(hi));
+                    for t in 0..N {
+                        let ya = (*acts.add(t * blocks + b))
+                            .qs
+                            .as_ptr()
+                            .add(32 * sub + 8 * j);
+                        let a_lo = bcast8(ya);
+                        let a_hi = bcast8(ya.add(16));
+                        let a_lo = _mm512_mask_sub_epi8(a_lo, nl, zero, a_lo);
+                        let a_hi = _mm512_mask_sub_epi8(a_hi, nh, zero, a_hi);
+                        s[t] = _mm512_dpbusd_epi32(s[t], lo, a_lo);
+                        s[t] = _mm512_dpbusd_epi32(s[t], hi, a_hi);
+                    }
+                }
+                let sc = dup_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    g.add(16 + 8 * sub) as *const __m128i
+                )));
+                for t in 0..N {
+                    iacc[t] = _mm512_add_epi32(iacc[t], _mm512_mullo_epi32(s[t], sc));
+                }
+            }
+            let d = dup_ps(_mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i)));
+            for t in 0..N {
+                let y = &*acts.add(t * blocks + b);
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(y.d)),
+                    _mm512_cvtepi32_ps(iacc[t]),
+                    acc[t],
+                );
+            }
+        }
+    }
+    for t in 0..N {
+        // SAFETY (caller): `out` holds 8 × N values.
+        unsafe { _mm256_storeu_ps(out.add(8 * t), pair_sum(acc[t])) };
+    }
+}
+
 /// Q6_K; see the 256-bit `q6_k_rows8_n`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6_k_rows8_n<const N: usize>(
@@ -345,6 +414,7 @@ rows8k_entry!(rows8_q4_k, k4_rows8_n[, false], Rows8Format::Q4_K);
 rows8k_entry!(rows8_q5_k, k4_rows8_n[, true], Rows8Format::Q5_K);
 rows8_entry!(rows8_iq4_nl, rows8_n, Rows8Format::IQ4_NL);
 rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
+rows8k_entry!(rows8_iq4_xs, iq4_xs_rows8_n[], Rows8Format::IQ4_XS);
 
 /// The 512-bit interleaved kernels (the caller has detected AVX-512
 /// VNNI, BW and VL).
@@ -361,6 +431,7 @@ pub fn rows8_dots() -> Rows8Dots {
             q5_k: rows8_q5_k,
             q6_k: rows8_q6_k,
             iq4_nl: Some(rows8_iq4_nl),
+            iq4_xs: Some(rows8_iq4_xs),
             ..FormatDots::LOWBIT_NONE
         },
     }

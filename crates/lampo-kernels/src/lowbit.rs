@@ -18,6 +18,23 @@ pub const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// The levels plus [`IQ4_SHIFT`], all in 1..=241: unsigned bytes that
+/// `vpdpbusd` multiplies directly by signed activations, the shift taken
+/// back afterwards from the activations' sums (`128 × Σa`), so that the
+/// kernels spend no instructions moving signs.
+pub const IQ4_LEVELS_SHIFTED: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (IQ4_LEVELS[i] as i16 + IQ4_SHIFT as i16) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// What [`IQ4_LEVELS_SHIFTED`] adds to each level.
+pub const IQ4_SHIFT: i32 = 128;
+
 /// Bytes per block.
 pub const Q2_K_BYTES: usize = QK_K / 16 + QK_K / 4 + 4;
 pub const Q3_K_BYTES: usize = QK_K / 8 + QK_K / 4 + 12 + 2;

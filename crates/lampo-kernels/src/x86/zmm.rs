@@ -46,7 +46,12 @@ unsafe fn rows8_n<const N: usize, const F: u8>(
 ) {
     let fmt = Rows8Format::from_u8(F);
     let (has_min, five) = (fmt.has_min(), fmt.five_bit());
-    let offset = fmt.offset();
+    // IQ4_NL's levels are stored shifted (see the unpacking below).
+    let offset = if fmt.levels() {
+        -(crate::lowbit::IQ4_SHIFT as f32)
+    } else {
+        fmt.offset()
+    };
     let group = fmt.group_bytes();
     let mut acc = [_mm512_setzero_ps(); N];
     let m4 = _mm512_set1_epi8(0x0f);
@@ -77,28 +82,13 @@ unsafe fn rows8_n<const N: usize, const F: u8>(
                     let mut lo = _mm512_and_si512(p, m4);
                     let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4);
                     if fmt.levels() {
-                        // Signed levels: |w| times the activations negated
-                        // where w is negative.
+                        // Levels shifted to unsigned bytes; the shift is
+                        // taken back below with the activations' sum.
                         let table = _mm512_broadcast_i32x4(_mm_loadu_si128(
-                            crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i,
+                            crate::lowbit::IQ4_LEVELS_SHIFTED.as_ptr() as *const __m128i,
                         ));
-                        let (lo, hi) = (
-                            _mm512_shuffle_epi8(table, lo),
-                            _mm512_shuffle_epi8(table, hi),
-                        );
-                        let (nl, nh) = (_mm512_movepi8_mask(lo), _mm512_movepi8_mask(hi));
-                        let (lo, hi) = (_mm512_abs_epi8(lo), _mm512_abs_epi8(hi));
-                        let zero = _mm512_setzero_si512();
-                        for t in 0..N {
-                            let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
-                            let a_lo = bcast8(ya.add(8 * j));
-                            let a_hi = bcast8(ya.add(16 + 8 * j));
-                            let a_lo = _mm512_mask_sub_epi8(a_lo, nl, zero, a_lo);
-                            let a_hi = _mm512_mask_sub_epi8(a_hi, nh, zero, a_hi);
-                            isum[t] = _mm512_dpbusd_epi32(isum[t], lo, a_lo);
-                            isum[t] = _mm512_dpbusd_epi32(isum[t], hi, a_hi);
-                        }
-                        continue;
+                        lo = _mm512_shuffle_epi8(table, lo);
+                        hi = _mm512_shuffle_epi8(table, hi);
                     }
                     if five {
                         let ten = _mm512_set1_epi8(0x10);
@@ -249,11 +239,13 @@ unsafe fn iq4_xs_rows8_n<const N: usize>(
     let group = Rows8Format::IQ4_XS.group_bytes();
     let mut acc = [_mm512_setzero_ps(); N];
     let m4 = _mm512_set1_epi8(0x0f);
-    // SAFETY: IQ4_LEVELS is 16 bytes.
+    // SAFETY: the table is 16 bytes. Its levels are shifted to unsigned
+    // bytes, the shift taken back per sub-block with the activations' sums.
     let table = _mm512_broadcast_i32x4(unsafe {
-        _mm_loadu_si128(crate::lowbit::IQ4_LEVELS.as_ptr() as *const __m128i)
+        _mm_loadu_si128(crate::lowbit::IQ4_LEVELS_SHIFTED.as_ptr() as *const __m128i)
     });
-    let zero = _mm512_setzero_si512();
+    // Both lanes of a row take half the shift's share.
+    let half_shift = crate::lowbit::IQ4_SHIFT / 2;
     for b in 0..blocks {
         // SAFETY (caller): `blocks` groups of weights and `N × blocks`
         // activation blocks are readable.
@@ -262,24 +254,23 @@ unsafe fn iq4_xs_rows8_n<const N: usize>(
             let mut iacc = [_mm512_setzero_si512(); N];
             for sub in 0..8 {
                 let mut s = [_mm512_setzero_si512(); N];
+                for t in 0..N {
+                    let y = &*acts.add(t * blocks + b);
+                    let sum = y.bsums[2 * sub] as i32 + y.bsums[2 * sub + 1] as i32;
+                    s[t] = _mm512_set1_epi32(-half_shift * sum);
+                }
                 for j in 0..2 {
                     let p = _mm512_loadu_si512(g.add(80 + 128 * sub + 64 * j) as *const __m512i);
                     let lo = _mm512_shuffle_epi8(table, _mm512_and_si512(p, m4));
                     let hi =
                         _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4));
-                    let (nl, nh) = (_mm512_movepi8_mask(lo), _mm512_movepi8_mask(hi));
-                    let (lo, hi) = (_mm512_abs_epi8(lo), _mm512_abs_epi8(hi));
                     for t in 0..N {
                         let ya = (*acts.add(t * blocks + b))
                             .qs
                             .as_ptr()
                             .add(32 * sub + 8 * j);
-                        let a_lo = bcast8(ya);
-                        let a_hi = bcast8(ya.add(16));
-                        let a_lo = _mm512_mask_sub_epi8(a_lo, nl, zero, a_lo);
-                        let a_hi = _mm512_mask_sub_epi8(a_hi, nh, zero, a_hi);
-                        s[t] = _mm512_dpbusd_epi32(s[t], lo, a_lo);
-                        s[t] = _mm512_dpbusd_epi32(s[t], hi, a_hi);
+                        s[t] = _mm512_dpbusd_epi32(s[t], lo, bcast8(ya));
+                        s[t] = _mm512_dpbusd_epi32(s[t], hi, bcast8(ya.add(16)));
                     }
                 }
                 let sc = dup_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(

@@ -66,7 +66,7 @@ fn q3_k_code(b: &[u8], e: usize) -> i32 {
 }
 
 /// The 16 scales of a Q3_K block, less 32.
-fn q3_k_scales(s: &[u8]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(s: &[u8]) -> [i32; 16] {
     let mut out = [0i32; 16];
     for (j, o) in out.iter_mut().enumerate() {
         let low = if j < 8 { s[j] & 15 } else { s[j - 8] >> 4 };

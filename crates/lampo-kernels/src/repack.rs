@@ -118,6 +118,8 @@ pub enum Rows8Format {
     /// Q4_0's layout; the kernels look the nibbles up in the IQ4 levels.
     IQ4_NL,
     IQ4_XS,
+    Q3_K,
+    Q2_K,
 }
 
 impl Rows8Format {
@@ -133,6 +135,8 @@ impl Rows8Format {
             DType::Q6_K => Rows8Format::Q6_K,
             DType::IQ4_NL => Rows8Format::IQ4_NL,
             DType::IQ4_XS => Rows8Format::IQ4_XS,
+            DType::Q3_K => Rows8Format::Q3_K,
+            DType::Q2_K => Rows8Format::Q2_K,
             _ => return None,
         })
     }
@@ -148,7 +152,9 @@ impl Rows8Format {
             6 => Rows8Format::Q5_K,
             7 => Rows8Format::Q6_K,
             8 => Rows8Format::IQ4_NL,
-            _ => Rows8Format::IQ4_XS,
+            9 => Rows8Format::IQ4_XS,
+            10 => Rows8Format::Q3_K,
+            _ => Rows8Format::Q2_K,
         }
     }
 
@@ -164,6 +170,8 @@ impl Rows8Format {
             Rows8Format::Q6_K => DType::Q6_K,
             Rows8Format::IQ4_NL => DType::IQ4_NL,
             Rows8Format::IQ4_XS => DType::IQ4_XS,
+            Rows8Format::Q3_K => DType::Q3_K,
+            Rows8Format::Q2_K => DType::Q2_K,
         }
     }
 
@@ -180,6 +188,8 @@ impl Rows8Format {
             Rows8Format::Q5_K => 32 + 128 + 1024 + 256,
             Rows8Format::Q6_K => 16 + 128 + 1024 + 512,
             Rows8Format::IQ4_XS => 16 + 64 + 1024,
+            Rows8Format::Q3_K => 16 + 128 + 512 + 256,
+            Rows8Format::Q2_K => 32 + 128 + 512,
         }
     }
 
@@ -254,6 +264,8 @@ pub fn interleave_rows8(w: &WeightRef, unit: usize) -> Option<Packed> {
                 Rows8Format::Q4_K | Rows8Format::Q5_K => interleave_k4(fmt, unit, dst, src),
                 Rows8Format::Q6_K => interleave_q6_k(unit, dst, src),
                 Rows8Format::IQ4_XS => interleave_iq4_xs(unit, dst, src),
+                Rows8Format::Q3_K => interleave_q3_k(unit, dst, src),
+                Rows8Format::Q2_K => interleave_q2_k(unit, dst, src),
                 _ => interleave_32(fmt, unit, dst, src),
             }
         }
@@ -398,6 +410,67 @@ fn interleave_q6_k<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]
                 dst[at..at + u].copy_from_slice(&qh[from..from + u]);
             }
         }
+    }
+}
+
+/// The 2-bit codes of Q2_K and Q3_K (`qs`, 64 bytes: byte `32 h + l`
+/// holds element `128 h + 32 p + l` in bits `2p`) as vectors `[half][j]`:
+/// row `i`'s bytes `32 half + unit j..` at `unit i` (512 bytes from `at`).
+fn interleave_2bit(u: usize, dst: &mut [u8], at: usize, i: usize, qs: &[u8]) {
+    for half in 0..2 {
+        for j in 0..32 / u {
+            let to = at + 256 * half + 8 * u * j + u * i;
+            let from = 32 * half + u * j;
+            dst[to..to + u].copy_from_slice(&qs[from..from + u]);
+        }
+    }
+}
+
+/// One block column of Q3_K: eight f16 scales, the 16 sub-block scales less
+/// 32 as signed bytes `[pair][row][2]` (as Q6_K's), the low two bits of the
+/// codes (see `interleave_2bit`), then the high bits (`hmask`: element `e`
+/// in bit `e / 32` of byte `e % 32`) as one mask per unpacked vector
+/// `[part][j]` (part `k` = values `32 k..`), bit `unit i + c` for row `i`'s
+/// value `32 k + unit j + c`: a mask register the kernels add 4 under.
+fn interleave_q3_k<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    for i in 0..8 {
+        let b = src(i);
+        dst[2 * i..2 * i + 2].copy_from_slice(&b[108..110]);
+        let sc = crate::lowbit::q3_k_scales(&b[96..108]);
+        for (sub, &s) in sc.iter().enumerate() {
+            dst[16 + 16 * (sub / 2) + 2 * i + sub % 2] = s as i8 as u8;
+        }
+        interleave_2bit(u, dst, 144, i, &b[32..96]);
+    }
+    let vectors = 32 / u;
+    for k in 0..8 {
+        for j in 0..vectors {
+            let mut mask = 0u64;
+            for i in 0..8 {
+                let hmask = &src(i)[..32];
+                for c in 0..u {
+                    mask |= (((hmask[u * j + c] >> k) & 1) as u64) << (u * i + c);
+                }
+            }
+            let at = 656 + u * (vectors * k + j);
+            dst[at..at + u].copy_from_slice(&mask.to_le_bytes()[..u]);
+        }
+    }
+}
+
+/// One block column of Q2_K: eight f16 scales, eight f16 minimum scales,
+/// the 16 bytes of each row's sub-block scale (low nibble) and minimum
+/// (high nibble) as bytes `[pair][row][2]`, then the codes (see
+/// `interleave_2bit`). The same size as the eight rows in GGUF.
+fn interleave_q2_k<'a>(u: usize, dst: &mut [u8], src: impl Fn(usize) -> &'a [u8]) {
+    for i in 0..8 {
+        let b = src(i);
+        dst[2 * i..2 * i + 2].copy_from_slice(&b[80..82]);
+        dst[16 + 2 * i..18 + 2 * i].copy_from_slice(&b[82..84]);
+        for sub in 0..16 {
+            dst[32 + 16 * (sub / 2) + 2 * i + sub % 2] = b[sub];
+        }
+        interleave_2bit(u, dst, 160, i, &b[16..80]);
     }
 }
 

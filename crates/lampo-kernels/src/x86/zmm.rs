@@ -297,42 +297,61 @@ unsafe fn iq4_xs_rows8_n<const N: usize>(
     }
 }
 
-/// Q6_K; see the 256-bit `q6_k_rows8_n`.
+/// The k-quants of 16-value sub-blocks: Q6_K (see the 256-bit
+/// `q6_k_rows8_n`), Q3_K and Q2_K (see `repack::interleave_q3_k` and
+/// `interleave_q2_k`). Each builds unsigned codes per vector (Q6_K: nibble
+/// and two high bits, 0..64; Q3_K: two low bits and the mask bit, 0..8;
+/// Q2_K: two bits), dots them with the activations per sub-block, scales
+/// each sub-block's sum by its row's scale, and takes the symmetric
+/// formats' offset (32, 4) or Q2_K's minimums back with the activations'
+/// sub-block sums once per block.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6_k_rows8_n<const N: usize>(
+unsafe fn lowk_rows8_n<const N: usize, const F: u8>(
     w: *const u8,
     blocks: usize,
     acts: *const Q8KBlock,
     out: *mut f32,
 ) {
+    let fmt = Rows8Format::from_u8(F);
+    let group = fmt.group_bytes();
+    let q2 = fmt == Rows8Format::Q2_K;
+    // Where the `[pair][row][2]` sub-block scale bytes start.
+    let scales = if q2 { 32 } else { 16 };
     let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_off = [_mm256_setzero_ps(); N];
     let m4 = _mm512_set1_epi8(0x0f);
+    let m3 = _mm512_set1_epi8(0x03);
     let m30 = _mm512_set1_epi8(0x30);
+    let four = _mm512_set1_epi8(0x04);
+    // Sixteen 16-bit sub-block scales (or Q2_K minimums) of one pair.
+    let pair_at = |g: *const u8, pair: usize, mins: bool| {
+        // SAFETY (caller of the kernel): the group is readable.
+        let raw = unsafe { _mm_loadu_si128(g.add(scales + 16 * pair) as *const __m128i) };
+        if !q2 {
+            _mm256_cvtepi8_epi16(raw)
+        } else if mins {
+            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0f)))
+        } else {
+            _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0f)))
+        }
+    };
     for b in 0..blocks {
         // SAFETY (caller): as above.
         unsafe {
-            let g = w.add(b * 1680);
+            let g = w.add(b * group);
             let mut iacc = [_mm512_setzero_si512(); N];
             for half in 0..2 {
-                // One part at a time (its values reloaded from L1 for
-                // each), with the sums of each sub-block in their own
-                // array indexed by token only, so that several tokens'
-                // sums stay in registers. Vectors j = 0, 1 hold the
-                // part's first sub-block of 16 values, j = 2, 3 its second.
+                // One part (32 values) at a time (its values reloaded from
+                // L1 for each), with the sums of each sub-block in their
+                // own array indexed by token only, so that several tokens'
+                // sums stay in registers. Vectors j = 0, 1 hold the part's
+                // first sub-block of 16 values, j = 2, 3 its second.
                 macro_rules! part {
-                    ($part:literal, $nib:expr, $high:expr) => {{
+                    ($part:literal, $codes:expr) => {{
                         let mut sums = [[_mm512_setzero_si512(); N]; 2];
                         for (sub, s) in sums.iter_mut().enumerate() {
                             for j in 2 * sub..2 * sub + 2 {
-                                let l = _mm512_loadu_si512(
-                                    g.add(144 + 512 * half + 256 * ($part & 1) + 64 * j)
-                                        as *const __m512i,
-                                );
-                                let h = _mm512_loadu_si512(
-                                    g.add(1168 + 256 * half + 64 * j) as *const __m512i
-                                );
-                                let v = _mm512_or_si512($nib(l), _mm512_and_si512($high(h), m30));
+                                let v = $codes(j);
                                 for t in 0..N {
                                     let ya = (*acts.add(t * blocks + b)).qs.as_ptr();
                                     let a = bcast8(ya.add(128 * half + 32 * $part + 8 * j));
@@ -340,9 +359,7 @@ unsafe fn q6_k_rows8_n<const N: usize>(
                                 }
                             }
                         }
-                        let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                            g.add(16 + 16 * (4 * half + $part)) as *const __m128i,
-                        ));
+                        let pairs = pair_at(g, 4 * half + $part, false);
                         let even =
                             dup_epi32(_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs)));
                         let odd = dup_epi32(_mm256_srai_epi32::<16>(pairs));
@@ -355,21 +372,65 @@ unsafe fn q6_k_rows8_n<const N: usize>(
                         }
                     }};
                 }
-                let low = |l: __m512i| _mm512_and_si512(l, m4);
-                let top = |l: __m512i| _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4);
-                part!(0, low, |h| _mm512_slli_epi16::<4>(h));
-                part!(1, low, |h| _mm512_slli_epi16::<2>(h));
-                part!(2, top, |h| h);
-                part!(3, top, |h| _mm512_srli_epi16::<2>(h));
+                let load = |at: usize| _mm512_loadu_si512(g.add(at) as *const __m512i);
+                if fmt == Rows8Format::Q6_K {
+                    let l0 = |j: usize| load(144 + 512 * half + 64 * j);
+                    let l1 = |j: usize| load(144 + 512 * half + 256 + 64 * j);
+                    let h = |j: usize| load(1168 + 256 * half + 64 * j);
+                    let low = |l: __m512i| _mm512_and_si512(l, m4);
+                    let top = |l: __m512i| _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4);
+                    let with =
+                        |v: __m512i, h: __m512i| _mm512_or_si512(v, _mm512_and_si512(h, m30));
+                    part!(0, |j| with(low(l0(j)), _mm512_slli_epi16::<4>(h(j))));
+                    part!(1, |j| with(low(l1(j)), _mm512_slli_epi16::<2>(h(j))));
+                    part!(2, |j| with(top(l0(j)), h(j)));
+                    part!(3, |j| with(top(l1(j)), _mm512_srli_epi16::<2>(h(j))));
+                } else {
+                    // Two-bit codes: part p in bits 2p of each byte; Q3_K
+                    // adds 4 where mask bit 4 half + p is set.
+                    let l = |j: usize| load(if q2 { 160 } else { 144 } + 256 * half + 64 * j);
+                    let high = |j: usize, v: __m512i, p: usize| {
+                        if q2 {
+                            return v;
+                        }
+                        // One mask per vector: bit `8 i + c` for row i's
+                        // value `8 j + c` of the part.
+                        let masks = g.add(656) as *const u64;
+                        let set = masks.add(4 * (4 * half + p) + j).read_unaligned();
+                        _mm512_mask_add_epi8(v, set, v, four)
+                    };
+                    part!(0, |j| high(j, _mm512_and_si512(l(j), m3), 0));
+                    part!(1, |j| high(
+                        j,
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(l(j)), m3),
+                        1
+                    ));
+                    part!(2, |j| high(
+                        j,
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(l(j)), m3),
+                        2
+                    ));
+                    part!(3, |j| high(
+                        j,
+                        _mm512_and_si512(_mm512_srli_epi16::<6>(l(j)), m3),
+                        3
+                    ));
+                }
             }
             let d8 = _mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i));
             let d = dup_ps(d8);
+            // What multiplies each row's sum of (offset or minimum) times
+            // activation sums: 32 d (Q6_K), 4 d (Q3_K), dmin (Q2_K).
+            let off8 = match fmt {
+                Rows8Format::Q6_K => _mm256_mul_ps(d8, _mm256_set1_ps(32.0)),
+                Rows8Format::Q3_K => _mm256_mul_ps(d8, _mm256_set1_ps(4.0)),
+                _ => _mm256_cvtph_ps(_mm_loadu_si128(g.add(16) as *const __m128i)),
+            };
             for t in 0..N {
                 let y = &*acts.add(t * blocks + b);
                 let mut ioff = _mm256_setzero_si256();
                 for k in 0..8 {
-                    let pairs =
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(g.add(16 + 16 * k) as *const __m128i));
+                    let pairs = pair_at(g, k, true);
                     let s0 = y.bsums[2 * k] as u16 as u32;
                     let s1 = y.bsums[2 * k + 1] as u16 as u32;
                     let sums = _mm256_set1_epi32((s0 | (s1 << 16)) as i32);
@@ -381,10 +442,9 @@ unsafe fn q6_k_rows8_n<const N: usize>(
                     _mm512_cvtepi32_ps(iacc[t]),
                     acc[t],
                 );
-                // The offset of 32 times each sub-block's activation sum.
                 acc_off[t] = _mm256_fmadd_ps(
-                    _mm256_mul_ps(d8, yd),
-                    _mm256_cvtepi32_ps(_mm256_slli_epi32::<5>(ioff)),
+                    _mm256_mul_ps(off8, yd),
+                    _mm256_cvtepi32_ps(ioff),
                     acc_off[t],
                 );
             }
@@ -404,7 +464,9 @@ rows8_entry!(rows8_q8_0, rows8_n, Rows8Format::Q8_0);
 rows8k_entry!(rows8_q4_k, k4_rows8_n[, false], Rows8Format::Q4_K);
 rows8k_entry!(rows8_q5_k, k4_rows8_n[, true], Rows8Format::Q5_K);
 rows8_entry!(rows8_iq4_nl, rows8_n, Rows8Format::IQ4_NL);
-rows8k_entry!(rows8_q6_k, q6_k_rows8_n[], Rows8Format::Q6_K);
+rows8k_entry!(rows8_q6_k, lowk_rows8_n[, 7], Rows8Format::Q6_K);
+rows8k_entry!(rows8_q3_k, lowk_rows8_n[, 10], Rows8Format::Q3_K);
+rows8k_entry!(rows8_q2_k, lowk_rows8_n[, 11], Rows8Format::Q2_K);
 rows8k_entry!(rows8_iq4_xs, iq4_xs_rows8_n[], Rows8Format::IQ4_XS);
 
 /// The 512-bit interleaved kernels (the caller has detected AVX-512
@@ -423,7 +485,8 @@ pub fn rows8_dots() -> Rows8Dots {
             q6_k: rows8_q6_k,
             iq4_nl: Some(rows8_iq4_nl),
             iq4_xs: Some(rows8_iq4_xs),
-            ..FormatDots::LOWBIT_NONE
+            q3_k: Some(rows8_q3_k),
+            q2_k: Some(rows8_q2_k),
         },
     }
 }

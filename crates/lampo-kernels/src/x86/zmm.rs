@@ -251,7 +251,8 @@ unsafe fn iq4_xs_rows8_n<const N: usize>(
         // activation blocks are readable.
         unsafe {
             let g = w.add(b * group);
-            let mut iacc = [_mm512_setzero_si512(); N];
+            let d = dup_ps(_mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i)));
+            let mut facc = [_mm512_setzero_ps(); N];
             for sub in 0..8 {
                 let mut s = [_mm512_setzero_si512(); N];
                 for t in 0..N {
@@ -273,21 +274,21 @@ unsafe fn iq4_xs_rows8_n<const N: usize>(
                         s[t] = _mm512_dpbusd_epi32(s[t], hi, bcast8(ya.add(16)));
                     }
                 }
-                let sc = dup_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    g.add(16 + 8 * sub) as *const __m128i
-                )));
+                // Each row's d × sub-block scale, applied in float (one
+                // convert and one multiply-add per token).
+                let sc = _mm512_mul_ps(
+                    d,
+                    _mm512_cvtepi32_ps(dup_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        g.add(16 + 8 * sub) as *const __m128i,
+                    )))),
+                );
                 for t in 0..N {
-                    iacc[t] = _mm512_add_epi32(iacc[t], _mm512_mullo_epi32(s[t], sc));
+                    facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), sc, facc[t]);
                 }
             }
-            let d = dup_ps(_mm256_cvtph_ps(_mm_loadu_si128(g as *const __m128i)));
             for t in 0..N {
                 let y = &*acts.add(t * blocks + b);
-                acc[t] = _mm512_fmadd_ps(
-                    _mm512_mul_ps(d, _mm512_set1_ps(y.d)),
-                    _mm512_cvtepi32_ps(iacc[t]),
-                    acc[t],
-                );
+                acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(y.d), facc[t], acc[t]);
             }
         }
     }
